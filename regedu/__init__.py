@@ -1,0 +1,46 @@
+"""regedu: deep learning for medical image registration, a course library.
+
+Conventions (DESIGN.md): images ``(B, C, *spatial)``; displacement fields ``(B, ndim, *spatial)`` in
+voxels, channel ``k`` along tensor axis ``k``; warping pulls back, ``moved(x) = moving(x + u(x))``;
+affine matrices are homogeneous and map fixed voxels to moving voxels; ``align_corners=True``.
+"""
+
+from . import fields, filters, regularisers, similarity, spatial_transformer, transforms, utils
+from .fields import (
+    bspline_to_dvf,
+    compose,
+    dof,
+    endpoint_error,
+    folding_fraction,
+    integrate_velocity,
+    invert_dvf,
+    jacobian_determinant,
+    random_bspline_dvf,
+    random_dvf,
+)
+from .regularisers import bending_energy, diffusion
+from .similarity import (
+    dice,
+    dice_loss,
+    lncc,
+    mse,
+    mutual_information,
+    ncc,
+    soft_dice,
+    ssd,
+    target_registration_error,
+)
+from .spatial_transformer import (
+    affine_to_dvf,
+    affine_warp,
+    identity_grid,
+    image_pyramid,
+    resize,
+    resize_dvf,
+    warp,
+    warp_labels,
+)
+from .transforms import affine_matrix, affine_params, rigid_matrix, rigid_params
+from .utils import get_device, seed_everything
+
+__version__ = "0.1.0"

@@ -1,0 +1,352 @@
+r"""Similarity measures :math:`S(F, M)` and overlap / landmark metrics.
+
+The lecture maximises a similarity, :math:`\hat\theta = \arg\max_\theta S(F, T(M, \theta))`; optimisers
+minimise a loss. Every measure therefore comes in two forms, and each docstring says which:
+
+=====================  ==============================  =========================  =============
+similarity (maximise)  range                           loss (minimise)            loss range
+=====================  ==============================  =========================  =============
+``ncc``                :math:`[-1, 1]`                 ``ncc_loss = -ncc``        :math:`[-1, 1]`
+``lncc``               :math:`[0, 1]`                  ``lncc_loss = -lncc``      :math:`[-1, 0]`
+``mutual_information`` :math:`[0, \log(\text{bins})]`  ``mi_loss = -MI``          :math:`\le 0`
+``dice``               :math:`[0, 1]`                  ``dice_loss = 1 - soft``   :math:`[0, 1]`
+=====================  ==============================  =========================  =============
+
+``ssd`` and ``mse`` are losses already (0 for identical images). All functions take ``(B, C, *spatial)``
+images, 2D or 3D, and an optional ``mask`` ``(B or 1, 1, *spatial)`` that restricts the measure to the
+fixed-image region of interest. With ``reduction="mean"`` (default) they return a scalar averaged over
+the batch, with ``reduction="none"`` one value per batch element.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_choice, check_dvf, check_image, check_same_spatial, check_tensor
+from .filters import box_sum
+from .transforms import apply_affine
+
+Similarity = Callable[..., torch.Tensor]
+
+
+def _pair(fn: str, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None):
+    fixed = check_image(fn, "fixed", fixed)
+    moving = check_image(fn, "moving", moving)
+    check_same_spatial(fn, "fixed", fixed, "moving", moving)
+    if mask is not None:
+        mask = check_image(fn, "mask", mask)
+        check_same_spatial(fn, "fixed", fixed, "mask", mask)
+        mask = mask.to(fixed.dtype)
+    return fixed, moving, mask
+
+
+def _reduce(fn: str, values: torch.Tensor, reduction: str) -> torch.Tensor:
+    check_choice(fn, "reduction", reduction, ("mean", "none"))
+    return values.mean() if reduction == "mean" else values
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over channels and space per batch element, weighted by ``mask``."""
+    if mask is None:
+        return x.flatten(1).mean(1)
+    m = mask.expand_as(x)
+    return (x * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1e-12)
+
+
+def ssd(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    r"""Sum of squared differences :math:`\sum_x (F(x) - M(x))^2` (a **loss**, >= 0; 0 when identical).
+
+    Grows with the number of voxels; prefer :func:`mse` to compare images of different sizes.
+    """
+    fixed, moving, mask = _pair("ssd", fixed, moving, mask)
+    d = (fixed - moving) ** 2
+    if mask is not None:
+        d = d * mask
+    return _reduce("ssd", d.flatten(1).sum(1), reduction)
+
+
+def mse(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    r"""Mean squared error :math:`\frac{1}{|\Omega|}\sum_x (F(x) - M(x))^2` (a **loss**, >= 0)."""
+    fixed, moving, mask = _pair("mse", fixed, moving, mask)
+    return _reduce("mse", _masked_mean((fixed - moving) ** 2, mask), reduction)
+
+
+def ncc(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8, reduction: str = "mean") -> torch.Tensor:
+    r"""Global normalised cross-correlation (a **similarity**, in :math:`[-1, 1]`, 1 = perfectly correlated).
+
+    .. math:: NCC(F, M) = \frac{\sum_x (F - \bar F)(M - \bar M)}{\sqrt{\sum_x (F - \bar F)^2 \sum_x (M - \bar M)^2}}
+
+    Invariant to a positive affine change of intensity :math:`M \to aM + b` (a > 0).
+    """
+    fixed, moving, mask = _pair("ncc", fixed, moving, mask)
+    f = fixed - _masked_mean(fixed, mask).reshape(-1, *([1] * (fixed.dim() - 1)))
+    m = moving - _masked_mean(moving, mask).reshape(-1, *([1] * (moving.dim() - 1)))
+    cross = _masked_mean(f * m, mask)
+    var = _masked_mean(f * f, mask) * _masked_mean(m * m, mask)
+    return _reduce("ncc", cross / torch.sqrt(var + eps), reduction)
+
+
+def ncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    """Loss ``-ncc(fixed, moving)``, in ``[-1, 1]`` (-1 is best)."""
+    return -ncc(fixed, moving, mask, reduction=reduction)
+
+
+def lncc(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, window: int = 9, eps: float = 1e-5, reduction: str = "mean") -> torch.Tensor:
+    r"""Local normalised cross-correlation (a **similarity**, in :math:`[0, 1]`).
+
+    The squared correlation coefficient in a ``window``^ndim neighbourhood of every voxel, averaged
+    over the image (VoxelMorph's definition, Balakrishnan et al., 2019):
+
+    .. math:: LNCC = \frac{1}{|\Omega|} \sum_x \frac{\mathrm{cov}_x(F, M)^2}{\mathrm{var}_x(F)\,\mathrm{var}_x(M) + \epsilon}
+
+    Robust to smooth intensity inhomogeneity; ``eps`` keeps constant regions (zero variance) at 0
+    instead of NaN.
+    """
+    fixed, moving, mask = _pair("lncc", fixed, moving, mask)
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"lncc: window must be a positive odd integer, got {window}")
+    # number of voxels inside each window (fewer at the border, where the window is zero-padded)
+    n = box_sum(torch.ones_like(fixed[:1, :1]), window)
+    sf, sm = box_sum(fixed, window), box_sum(moving, window)
+    sff, smm, sfm = box_sum(fixed * fixed, window), box_sum(moving * moving, window), box_sum(fixed * moving, window)
+    cross = sfm - sf * sm / n
+    var_f = (sff - sf * sf / n).clamp_min(0)
+    var_m = (smm - sm * sm / n).clamp_min(0)
+    cc = cross * cross / (var_f * var_m + eps)
+    return _reduce("lncc", _masked_mean(cc, mask), reduction)
+
+
+def lncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, window: int = 9, reduction: str = "mean") -> torch.Tensor:
+    """Loss ``-lncc(fixed, moving)``, in ``[-1, 0]`` (-1 is best)."""
+    return -lncc(fixed, moving, mask, window=window, reduction=reduction)
+
+
+def _parzen_weights(x: torch.Tensor, centres: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian Parzen-window weights of every sample for every bin, normalised over bins: ``(B, N, bins)``."""
+    w = torch.exp(-0.5 * ((x.unsqueeze(-1) - centres) / sigma) ** 2)
+    return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def _to_unit(x: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
+    """Map intensities to [0, 1] per batch element (range from the data, without gradient, if not given)."""
+    if value_range is not None:
+        lo, hi = value_range
+        return ((x - lo) / (hi - lo)).clamp(0, 1)
+    flat = x.detach().flatten(1)
+    lo = flat.amin(1).reshape(-1, *([1] * (x.dim() - 1)))
+    hi = flat.amax(1).reshape(-1, *([1] * (x.dim() - 1)))
+    return ((x - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+
+
+def joint_histogram(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    bins: int = 32,
+    mask: torch.Tensor | None = None,
+    sigma: float | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    r"""Differentiable joint intensity histogram :math:`p(f, m)` with Gaussian Parzen windows, ``(B, bins, bins)``.
+
+    Intensities are mapped to [0, 1] (per image, unless ``value_range`` is given) and spread over
+    ``bins`` bins by Gaussian windows of width ``sigma`` (default: half a bin). Sums to 1.
+    """
+    fixed, moving, mask = _pair("joint_histogram", fixed, moving, mask)
+    if fixed.shape[1] != 1 or moving.shape[1] != 1:
+        raise ValueError(f"joint_histogram: fixed and moving must have one channel, got {fixed.shape[1]} and {moving.shape[1]}")
+    B = max(fixed.shape[0], moving.shape[0])
+    f = _to_unit(fixed, value_range).expand(B, *fixed.shape[1:]).flatten(1)
+    m = _to_unit(moving, value_range).expand(B, *moving.shape[1:]).flatten(1)
+    centres = torch.linspace(0, 1, bins, dtype=fixed.dtype, device=fixed.device)
+    s = sigma if sigma is not None else 0.5 / (bins - 1)
+    wf = _parzen_weights(f, centres, s)
+    wm = _parzen_weights(m, centres, s)
+    if mask is not None:
+        wf = wf * mask.expand(B, *mask.shape[1:]).flatten(1).unsqueeze(-1)
+    joint = wf.transpose(1, 2) @ wm
+    return joint / joint.flatten(1).sum(1).clamp_min(1e-12).reshape(-1, 1, 1)
+
+
+def mutual_information(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    bins: int = 32,
+    sigma: float | None = None,
+    value_range: tuple[float, float] | None = None,
+    normalised: bool = False,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Mutual information (a **similarity**, >= 0, at most :math:`\log(\text{bins})` nats).
+
+    .. math:: MI(F, M) = \sum_{f, m} p(f, m) \log \frac{p(f, m)}{p(f)\,p(m)}
+
+    from a differentiable Parzen-window joint histogram (:func:`joint_histogram`; Viola & Wells, 1997;
+    Mattes et al., 2003). It measures statistical dependence, not equality of intensities, so it works
+    across modalities (e.g. T1 vs T2, CT vs MRI). ``normalised=True`` gives Studholme's normalised MI
+    :math:`(H(F) + H(M)) / H(F, M)` in :math:`[1, 2]`.
+    """
+    p = joint_histogram(fixed, moving, bins=bins, mask=mask, sigma=sigma, value_range=value_range)
+    pf = p.sum(2, keepdim=True)
+    pm = p.sum(1, keepdim=True)
+    eps = 1e-12
+    if normalised:
+        hf = -(pf * torch.log(pf + eps)).flatten(1).sum(1)
+        hm = -(pm * torch.log(pm + eps)).flatten(1).sum(1)
+        hfm = -(p * torch.log(p + eps)).flatten(1).sum(1)
+        value = (hf + hm) / hfm.clamp_min(eps)
+    else:
+        value = (p * (torch.log(p + eps) - torch.log(pf * pm + eps))).flatten(1).sum(1)
+    return _reduce("mutual_information", value, reduction)
+
+
+def mi_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, bins: int = 32, reduction: str = "mean") -> torch.Tensor:
+    """Loss ``-mutual_information(fixed, moving)`` (lower is better)."""
+    return -mutual_information(fixed, moving, mask, bins=bins, reduction=reduction)
+
+
+# --------------------------------------------------------------------------------------------
+# overlap and landmarks
+# --------------------------------------------------------------------------------------------
+
+def dice(
+    labels_a: torch.Tensor,
+    labels_b: torch.Tensor,
+    labels: Sequence[int] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Hard Dice overlap per label (a **similarity** in :math:`[0, 1]`), :math:`2|A \cap B| / (|A| + |B|)`.
+
+    ``labels_a``/``labels_b``: integer label maps ``(B, 1, *spatial)``. ``labels``: which labels to score
+    (default: every label > 0 present in either map; 0 is background). A label absent from both maps
+    scores 1. With ``reduction="none"`` returns ``(B, L)``; ``"mean"`` averages over labels and batch.
+    """
+    labels_a = check_image("dice", "labels_a", labels_a, finite=False)
+    labels_b = check_image("dice", "labels_b", labels_b, finite=False)
+    check_same_spatial("dice", "labels_a", labels_a, "labels_b", labels_b)
+    if labels_a.shape[1] != 1 or labels_b.shape[1] != 1:
+        raise ValueError(f"dice: label maps must have one channel of class indices, got {labels_a.shape[1]} and {labels_b.shape[1]} channels (use soft_dice for one-hot maps)")
+    a, b = labels_a.round().long(), labels_b.round().long()
+    if labels is None:
+        labels = [int(v) for v in torch.unique(torch.cat([a.flatten(), b.flatten()])).tolist() if v != 0]
+        if not labels:
+            raise ValueError("dice: both label maps are all background (0); nothing to score")
+    scores = []
+    for lab in labels:
+        ia, ib = (a == lab), (b == lab)
+        inter = (ia & ib).flatten(1).sum(1).double()
+        total = ia.flatten(1).sum(1).double() + ib.flatten(1).sum(1).double()
+        scores.append(torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total)))
+    out = torch.stack(scores, 1).float()
+    check_choice("dice", "reduction", reduction, ("mean", "none"))
+    return out if reduction == "none" else out.mean()
+
+
+def soft_dice(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float = 1e-6, include_background: bool = False, reduction: str = "mean") -> torch.Tensor:
+    r"""Soft Dice of one-hot / probability maps ``(B, L, *spatial)`` (a **similarity** in :math:`[0, 1]`).
+
+    :math:`\frac{2\sum_x a_l(x) b_l(x) + \epsilon}{\sum_x a_l(x) + \sum_x b_l(x) + \epsilon}` per label ``l``,
+    differentiable, used as the weakly supervised loss of Hu et al. (2018) via :func:`dice_loss`.
+    Channel 0 (background) is left out unless ``include_background``.
+    """
+    probs_a = check_image("soft_dice", "probs_a", probs_a)
+    probs_b = check_image("soft_dice", "probs_b", probs_b)
+    check_same_spatial("soft_dice", "probs_a", probs_a, "probs_b", probs_b)
+    if probs_a.shape[1] != probs_b.shape[1]:
+        raise ValueError(f"soft_dice: probs_a and probs_b must have the same number of label channels, got {probs_a.shape[1]} and {probs_b.shape[1]}")
+    if not include_background and probs_a.shape[1] > 1:
+        probs_a, probs_b = probs_a[:, 1:], probs_b[:, 1:]
+    dims = tuple(range(2, probs_a.dim()))
+    inter = (probs_a * probs_b).sum(dims)
+    total = probs_a.sum(dims) + probs_b.sum(dims)
+    d = (2 * inter + eps) / (total + eps)
+    check_choice("soft_dice", "reduction", reduction, ("mean", "none"))
+    return d.mean() if reduction == "mean" else d
+
+
+def dice_loss(probs_a: torch.Tensor, probs_b: torch.Tensor, include_background: bool = False) -> torch.Tensor:
+    """Loss ``1 - soft_dice`` in ``[0, 1]`` (0 is best)."""
+    return 1 - soft_dice(probs_a, probs_b, include_background=include_background)
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Integer label map ``(B, 1, *spatial)`` -> one-hot float ``(B, num_classes, *spatial)``."""
+    labels = check_image("one_hot", "labels", labels, finite=False)
+    return F.one_hot(labels[:, 0].round().long(), num_classes).movedim(-1, 1).float()
+
+
+def target_registration_error(
+    fixed_points: torch.Tensor,
+    moving_points: torch.Tensor,
+    transform: torch.Tensor,
+    spacing: Sequence[float] | None = None,
+) -> torch.Tensor:
+    r"""Target registration error (a **loss**, >= 0): mean distance :math:`\frac1N\sum_i \|\varphi(p_i) - q_i\|`.
+
+    ``fixed_points`` ``p`` and ``moving_points`` ``q`` are corresponding landmarks ``(N, ndim)`` (or
+    ``(B, N, ndim)``) in voxel coordinates (tensor axis order). ``transform`` is an affine matrix or a
+    DVF ``(B, ndim, *spatial)`` mapping fixed to moving coordinates (the registration result); DVFs are
+    sampled linearly at the landmarks. With ``spacing`` (mm per voxel) the error is in mm.
+    Returns ``(B,)``.
+    """
+    p = check_tensor("target_registration_error", "fixed_points", fixed_points)
+    q = check_tensor("target_registration_error", "moving_points", moving_points)
+    transform = check_tensor("target_registration_error", "transform", transform)
+    if p.shape != q.shape:
+        raise ValueError(f"target_registration_error: fixed_points and moving_points must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
+    if p.dim() == 2:
+        p, q = p.unsqueeze(0), q.unsqueeze(0)
+    p, q = p.to(transform.dtype), q.to(transform.dtype)
+    ndim = p.shape[-1]
+    if transform.dim() in (2, 3) and transform.shape[-1] == ndim + 1:
+        mapped = apply_affine(transform if transform.dim() == 3 else transform.unsqueeze(0), p)
+    else:
+        dvf = check_dvf("target_registration_error", "transform", transform)
+        if dvf.shape[1] != ndim:
+            raise ValueError(f"target_registration_error: points are {ndim}D but the DVF is {dvf.shape[1]}D")
+        sizes = torch.tensor(dvf.shape[2:], dtype=dvf.dtype, device=dvf.device)
+        norm = (2 * p / (sizes - 1) - 1).flip(-1)  # grid_sample order
+        grid = norm.reshape(p.shape[0], *([1] * (ndim - 1)), p.shape[1], ndim)
+        u = F.grid_sample(dvf, grid.expand(dvf.shape[0], *grid.shape[1:]), mode="bilinear", padding_mode="border", align_corners=True)
+        u = u.reshape(dvf.shape[0], ndim, -1).transpose(1, 2)
+        mapped = p + u
+    diff = mapped - q
+    if spacing is not None:
+        diff = diff * torch.as_tensor(spacing, dtype=diff.dtype, device=diff.device)
+    return diff.pow(2).sum(-1).sqrt().mean(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# losses by name (used by the registration engine and the training loop)
+# --------------------------------------------------------------------------------------------
+
+LOSSES: dict[str, Similarity] = {
+    "ssd": ssd,
+    "mse": mse,
+    "ncc": ncc_loss,
+    "lncc": lncc_loss,
+    "mi": mi_loss,
+}
+
+
+def get_loss(similarity: str | Similarity) -> Similarity:
+    """A loss ``loss(fixed, moved, mask=None) -> scalar`` from a name or a callable.
+
+    Names: ``"ssd"``, ``"mse"``, ``"ncc"``, ``"lncc"``, ``"mi"`` (similarities are negated).
+    A callable is returned unchanged, so a learned similarity network can be plugged in: it must
+    take ``(fixed, moved, mask=None)`` and return a scalar to **minimise**.
+    """
+    if callable(similarity):
+        return similarity
+    if isinstance(similarity, str) and similarity.lower() in LOSSES:
+        return LOSSES[similarity.lower()]
+    raise ValueError(f"get_loss: similarity must be one of {', '.join(repr(k) for k in LOSSES)} or a callable, got {similarity!r}")
+
+
+__all__ = [
+    "ssd", "mse", "ncc", "ncc_loss", "lncc", "lncc_loss", "joint_histogram", "mutual_information", "mi_loss",
+    "dice", "soft_dice", "dice_loss", "one_hot", "target_registration_error", "get_loss", "LOSSES",
+]
