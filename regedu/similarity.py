@@ -74,7 +74,7 @@ def mse(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = N
     return _reduce("mse", _masked_mean((fixed - moving) ** 2, mask), reduction)
 
 
-def ncc(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8, reduction: str = "mean") -> torch.Tensor:
+def ncc(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-12, reduction: str = "mean") -> torch.Tensor:
     r"""Global normalised cross-correlation (a **similarity**, in :math:`[-1, 1]`, 1 = perfectly correlated).
 
     .. math:: NCC(F, M) = \frac{\sum_x (F - \bar F)(M - \bar M)}{\sqrt{\sum_x (F - \bar F)^2 \sum_x (M - \bar M)^2}}
@@ -86,7 +86,8 @@ def ncc(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = N
     m = moving - _masked_mean(moving, mask).reshape(-1, *([1] * (moving.dim() - 1)))
     cross = _masked_mean(f * m, mask)
     var = _masked_mean(f * f, mask) * _masked_mean(m * m, mask)
-    return _reduce("ncc", cross / torch.sqrt(var + eps), reduction)
+    # a constant image has no defined correlation: eps makes it 0 instead of NaN
+    return _reduce("ncc", cross / (torch.sqrt(var) + eps), reduction)
 
 
 def ncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:

@@ -47,3 +47,14 @@ def describe_device(device: torch.device | str | None = None) -> str:
     if device.type == "mps":
         return "mps: Apple GPU"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def available_devices() -> list[str]:
+    """Every device torch can use here, CPU first: e.g. ``['cpu', 'cuda']``."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
