@@ -5,7 +5,7 @@ voxels, channel ``k`` along tensor axis ``k``; warping pulls back, ``moved(x) = 
 affine matrices are homogeneous and map fixed voxels to moving voxels; ``align_corners=True``.
 """
 
-from . import fields, filters, regularisers, similarity, spatial_transformer, transforms, utils
+from . import data, fields, filters, regularisers, similarity, spatial_transformer, transforms, utils
 from .fields import (
     bspline_to_dvf,
     compose,

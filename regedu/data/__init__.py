@@ -1,0 +1,20 @@
+"""Course data, all offline: a real 3D brain MRI with tissue labels, a real 2D head MRI, digits, toy
+shapes, synthetic subjects and registration pairs with known ground truth, and NIfTI I/O.
+
+* :func:`load_brain`, :func:`brain_slice`: the MNI ICBM152 2009a template (from nilearn's wheel)
+  with CSF/GM/WM labels at 1, 2, 4 mm; cite Fonov et al. 2009 and 2011 (see :data:`CITATION`).
+* :func:`load_head_mri`: matplotlib's 2D head MRI with skull.
+* :func:`make_shape`: a circle, a square or a "C" with exact labels.
+
+Importing this package is light: nibabel, scipy and scikit-learn are imported only when needed.
+"""
+
+from .brain import CITATION, LABEL_NAMES, brain_slice, load_brain, template_dir
+from .scans import load_head_mri
+from .shapes import make_shape
+from .volume import Volume, fit_volume
+
+__all__ = [
+    "CITATION", "LABEL_NAMES", "Volume", "brain_slice", "fit_volume", "load_brain", "load_head_mri",
+    "make_shape", "template_dir",
+]
