@@ -39,24 +39,53 @@ def identity_grid(shape: Sequence[int], dtype: torch.dtype | None = None, device
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
 
 
-@lru_cache(maxsize=16)
-def _normalised_identity(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Identity grid in grid_sample's normalised coordinates, channel-last, reversed axis order,
-    and the per-axis scale from voxels to normalised units (also reversed)."""
-    scale = torch.tensor([2.0 / (s - 1) if s > 1 else 0.0 for s in reversed(shape)], dtype=dtype, device=device)
-    axes = [torch.linspace(-1, 1, s, dtype=dtype, device=device) if s > 1 else torch.zeros(1, dtype=dtype, device=device)
-            for s in shape]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)
-    return grid.unsqueeze(0), scale
+@lru_cache(maxsize=32)
+def _normalised_axes(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> tuple[tuple[torch.Tensor, float], ...]:
+    """Per spatial axis: grid_sample's normalised coordinate of every index (shaped to broadcast
+    along that axis) and the scale from voxels to normalised units, ``2 / (S - 1)``."""
+    ndim = len(shape)
+    out = []
+    for k, s in enumerate(shape):
+        view = [1] * ndim
+        view[k] = s
+        coords = torch.linspace(-1, 1, s, dtype=dtype, device=device) if s > 1 else torch.zeros(1, dtype=dtype, device=device)
+        out.append((coords.reshape(1, *view), 2.0 / (s - 1) if s > 1 else 0.0))
+    return tuple(out)
+
+
+class _DvfToGrid(torch.autograd.Function):
+    """Voxel DVF -> normalised grid in one pass per axis; the backward pass is one scaled copy.
+
+    (A plain ``torch.stack`` of per-axis terms costs two extra passes forward and backward.)
+    """
+
+    @staticmethod
+    def forward(ctx, dvf: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ndim = dvf.dim() - 2
+        axes = _normalised_axes(tuple(dvf.shape[2:]), dvf.dtype, dvf.device)
+        ctx.scales = [scale for _, scale in axes]
+        # channel-first (contiguous writes); grid_sample accepts the channel-last view as it is
+        out = torch.empty_like(dvf, memory_format=torch.contiguous_format)
+        for k, (coords, scale) in enumerate(axes):
+            torch.add(coords, dvf[:, k], alpha=scale, out=out[:, ndim - 1 - k])
+        return out.movedim(1, -1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_grid: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ndim = grad_grid.shape[-1]
+        grad = torch.empty(grad_grid.shape[0], ndim, *grad_grid.shape[1:-1], dtype=grad_grid.dtype, device=grad_grid.device)
+        for k, scale in enumerate(ctx.scales):
+            torch.mul(grad_grid[..., ndim - 1 - k], scale, out=grad[:, k])
+        return grad
 
 
 def dvf_to_grid(dvf: torch.Tensor) -> torch.Tensor:
-    """Displacement field (voxels) -> the ``grid`` argument of ``F.grid_sample`` (``align_corners=True``)."""
-    spatial = tuple(dvf.shape[2:])
-    ident, scale = _normalised_identity(spatial, dvf.dtype, dvf.device)
-    # channel-last and x/y(/z) order: reverse the channel axis
-    u = dvf.movedim(1, -1).flip(-1)
-    return torch.addcmul(ident, u, scale)
+    """Displacement field (voxels) -> the ``grid`` argument of ``F.grid_sample`` (``align_corners=True``).
+
+    ``grid[..., ndim-1-k] = 2 (x_k + u_k(x)) / (S_k - 1) - 1``: channel-last, axes in x/y(/z) order.
+    """
+    return _DvfToGrid.apply(dvf)
 
 
 def _grid_mode(fn: str, mode: str) -> str:

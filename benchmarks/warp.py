@@ -1,0 +1,78 @@
+"""Overhead of regedu.warp over a bare F.grid_sample call on the same data (target: ratio <= 1.1).
+
+    python benchmarks/warp.py [--device cpu|cuda|mps] [--repeats N]
+
+regedu.warp converts the voxel DVF to grid_sample's normalised grid and validates its input (shapes,
+NaNs); the baseline receives an already normalised grid. Both run interleaved in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import compare  # noqa: E402
+
+import regedu  # noqa: E402
+from regedu.spatial_transformer import dvf_to_grid  # noqa: E402
+from regedu.utils import describe_device, get_device  # noqa: E402
+
+CASES = {"2D 256x256": (256, 256), "3D 160x192x224": (160, 192, 224)}
+
+
+def run_case(shape, device, repeats):
+    ndim = len(shape)
+    img = torch.rand(1, 1, *shape, device=device)
+    dvf = regedu.random_dvf(shape, 5.0, 8.0 if ndim == 2 else 4.0, seed=0, device=device)
+    grid = dvf_to_grid(dvf)  # the baseline gets the normalised grid for free
+
+    def ours_fwd():
+        return regedu.warp(img, dvf)
+
+    def bare_fwd():
+        return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+    img_g = img.clone().requires_grad_(True)
+    dvf_g = dvf.clone().requires_grad_(True)
+    grid_g = grid.clone().requires_grad_(True)
+
+    def ours_bwd():
+        regedu.warp(img_g, dvf_g).sum().backward()
+
+    def bare_bwd():
+        F.grid_sample(img_g, grid_g, mode="bilinear", padding_mode="border", align_corners=True).sum().backward()
+
+    rows = []
+    for label, a, b in (("forward", ours_fwd, bare_fwd), ("forward+backward", ours_bwd, bare_bwd)):
+        t = compare({"regedu": a, "grid_sample": b}, device, repeats=repeats)
+        rows.append((label, t["regedu"], t["grid_sample"], t["regedu"] / t["grid_sample"]))
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--only", choices=list(CASES), default=None)
+    args = ap.parse_args()
+    device = get_device(args.device)
+    print(f"device: {describe_device(device)}  (torch {torch.__version__})")
+    print(f"{'case':<16} {'pass':<17} {'regedu [ms]':>12} {'grid_sample [ms]':>17} {'ratio':>7}  target <= 1.10")
+    worst = 0.0
+    for name, shape in CASES.items():
+        if args.only and name != args.only:
+            continue
+        for label, ours, bare, ratio in run_case(shape, device, args.repeats):
+            worst = max(worst, ratio)
+            print(f"{name:<16} {label:<17} {ours * 1e3:12.2f} {bare * 1e3:17.2f} {ratio:7.3f}  {'ok' if ratio <= 1.1 else 'OVER'}")
+    print(f"worst ratio: {worst:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
