@@ -5,6 +5,9 @@ shapes, synthetic subjects and registration pairs with known ground truth, and N
   with CSF/GM/WM labels at 1, 2, 4 mm; cite Fonov et al. 2009 and 2011 (see :data:`CITATION`).
 * :func:`load_head_mri`: matplotlib's 2D head MRI with skull.
 * :func:`make_shape`: a circle, a square or a "C" with exact labels.
+* :func:`synthetic_subject`, :class:`PairDataset`: random diffeomorphic subjects and registration
+  pairs with ground-truth DVFs (train and eval use different deformation models and seeds);
+  :func:`t2_like`: a second, T2-like contrast aligned with the T1.
 
 Importing this package is light: nibabel, scipy and scikit-learn are imported only when needed.
 """
@@ -12,9 +15,21 @@ Importing this package is light: nibabel, scipy and scikit-learn are imported on
 from .brain import CITATION, LABEL_NAMES, brain_slice, load_brain, template_dir
 from .scans import load_head_mri
 from .shapes import make_shape
+from .synthetic import (
+    EVAL_SEED_OFFSET,
+    PairDataset,
+    bias_field,
+    random_affine,
+    random_diffeomorphism,
+    random_intensity,
+    random_velocity,
+    synthetic_subject,
+    t2_like,
+)
 from .volume import Volume, fit_volume
 
 __all__ = [
-    "CITATION", "LABEL_NAMES", "Volume", "brain_slice", "fit_volume", "load_brain", "load_head_mri",
-    "make_shape", "template_dir",
+    "CITATION", "EVAL_SEED_OFFSET", "LABEL_NAMES", "PairDataset", "Volume", "bias_field", "brain_slice",
+    "fit_volume", "load_brain", "load_head_mri", "make_shape", "random_affine", "random_diffeomorphism",
+    "random_intensity", "random_velocity", "synthetic_subject", "t2_like", "template_dir",
 ]
