@@ -12,3 +12,7 @@ def _seed():
     regedu.seed_everything(0, deterministic=False)
     yield
 
+
+
+# Hostile and broken submissions used by the grader tests are data, not tests: nbval must never run them.
+collect_ignore_glob = ["grader_fixtures/*", "**/grader_fixtures/*"]
