@@ -125,10 +125,16 @@ def lncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | No
     return -lncc(fixed, moving, mask, window=window, reduction=reduction)
 
 
-def _parzen_weights(x: torch.Tensor, centres: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian Parzen-window weights of every sample for every bin, normalised over bins: ``(B, N, bins)``."""
-    w = torch.exp(-0.5 * ((x.unsqueeze(-1) - centres) / sigma) ** 2)
-    return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+def _bspline_parzen(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cubic B-spline Parzen window: for samples ``x`` in [0, 1] ``(B, N)``, the 4 bins each touches
+    ``(B, N, 4)`` (clamped to the histogram, so every sample's weights still sum to 1) and the weights."""
+    p = x * (bins - 1)
+    i0 = torch.floor(p.detach()).clamp(0, bins - 2)
+    t = p - i0
+    t2, t3 = t * t, t * t * t
+    w = torch.stack([(1 - t) ** 3, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3], -1) / 6
+    idx = (i0.long().unsqueeze(-1) + torch.arange(-1, 3, device=x.device)).clamp(0, bins - 1)
+    return idx, w
 
 
 def _to_unit(x: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
@@ -147,28 +153,31 @@ def joint_histogram(
     moving: torch.Tensor,
     bins: int = 32,
     mask: torch.Tensor | None = None,
-    sigma: float | None = None,
     value_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
-    r"""Differentiable joint intensity histogram :math:`p(f, m)` with Gaussian Parzen windows, ``(B, bins, bins)``.
+    r"""Differentiable joint intensity histogram :math:`p(f, m)`, ``(B, bins, bins)``, summing to 1.
 
     Intensities are mapped to [0, 1] (per image, unless ``value_range`` is given) and spread over
-    ``bins`` bins by Gaussian windows of width ``sigma`` (default: half a bin). Sums to 1.
+    ``bins`` bins with a cubic B-spline Parzen window (each sample touches 4 x 4 bins; Mattes et al.,
+    2003), which makes the histogram, and so mutual information, differentiable in the intensities.
     """
     fixed, moving, mask = _pair("joint_histogram", fixed, moving, mask)
     if fixed.shape[1] != 1 or moving.shape[1] != 1:
         raise ValueError(f"joint_histogram: fixed and moving must have one channel, got {fixed.shape[1]} and {moving.shape[1]}")
+    if not isinstance(bins, int) or bins < 4:
+        raise ValueError(f"joint_histogram: bins must be an integer >= 4, got {bins!r}")
     B = max(fixed.shape[0], moving.shape[0])
     f = _to_unit(fixed, value_range).expand(B, *fixed.shape[1:]).flatten(1)
     m = _to_unit(moving, value_range).expand(B, *moving.shape[1:]).flatten(1)
-    centres = torch.linspace(0, 1, bins, dtype=fixed.dtype, device=fixed.device)
-    s = sigma if sigma is not None else 0.5 / (bins - 1)
-    wf = _parzen_weights(f, centres, s)
-    wm = _parzen_weights(m, centres, s)
+    idx_f, w_f = _bspline_parzen(f, bins)
+    idx_m, w_m = _bspline_parzen(m, bins)
     if mask is not None:
-        wf = wf * mask.expand(B, *mask.shape[1:]).flatten(1).unsqueeze(-1)
-    joint = wf.transpose(1, 2) @ wm
-    return joint / joint.flatten(1).sum(1).clamp_min(1e-12).reshape(-1, 1, 1)
+        w_f = w_f * mask.expand(B, *mask.shape[1:]).flatten(1).unsqueeze(-1)
+    idx = (idx_f.unsqueeze(-1) * bins + idx_m.unsqueeze(-2)).flatten(1)  # (B, N * 16)
+    val = (w_f.unsqueeze(-1) * w_m.unsqueeze(-2)).flatten(1)
+    joint = torch.zeros(B, bins * bins, dtype=val.dtype, device=val.device).scatter_add(1, idx, val)
+    joint = joint / joint.sum(1, keepdim=True).clamp_min(1e-12)
+    return joint.reshape(B, bins, bins)
 
 
 def mutual_information(
@@ -176,7 +185,6 @@ def mutual_information(
     moving: torch.Tensor,
     mask: torch.Tensor | None = None,
     bins: int = 32,
-    sigma: float | None = None,
     value_range: tuple[float, float] | None = None,
     normalised: bool = False,
     reduction: str = "mean",
@@ -185,12 +193,12 @@ def mutual_information(
 
     .. math:: MI(F, M) = \sum_{f, m} p(f, m) \log \frac{p(f, m)}{p(f)\,p(m)}
 
-    from a differentiable Parzen-window joint histogram (:func:`joint_histogram`; Viola & Wells, 1997;
-    Mattes et al., 2003). It measures statistical dependence, not equality of intensities, so it works
+    from a differentiable joint histogram with cubic B-spline Parzen windows (:func:`joint_histogram`;
+    Viola & Wells, 1997; Mattes et al., 2003). It measures statistical dependence, not equality of intensities, so it works
     across modalities (e.g. T1 vs T2, CT vs MRI). ``normalised=True`` gives Studholme's normalised MI
     :math:`(H(F) + H(M)) / H(F, M)` in :math:`[1, 2]`.
     """
-    p = joint_histogram(fixed, moving, bins=bins, mask=mask, sigma=sigma, value_range=value_range)
+    p = joint_histogram(fixed, moving, bins=bins, mask=mask, value_range=value_range)
     pf = p.sum(2, keepdim=True)
     pm = p.sum(1, keepdim=True)
     eps = 1e-12
