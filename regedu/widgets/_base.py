@@ -192,6 +192,12 @@ class FigureWidget:
         self.update()
 
     # ----------------------------------------------------------------------------- state
+    @property
+    def controls(self) -> dict[str, ipywidgets.ValueWidget]:
+        """The control widgets by name (moving one of them, e.g. ``w.controls["rotation"].value = 30``,
+        updates the figure exactly as a slider move in the browser does)."""
+        return dict(self._controls)
+
     def state(self) -> dict[str, Any]:
         """The current value of every control, by name (what :meth:`set` accepts)."""
         return {name: c.value for name, c in self._controls.items()}
