@@ -121,6 +121,31 @@ def _labels_from(brain: np.ndarray, tissues: np.ndarray) -> np.ndarray:
     return labels
 
 
+def _shift_op(mask: np.ndarray, op, pad_value: bool) -> np.ndarray:
+    """``op`` (max: dilation, min: erosion) over a 3x3x3 cube, separably along each axis."""
+    out = mask
+    for axis in range(out.ndim):
+        p = np.pad(out, [(1, 1) if a == axis else (0, 0) for a in range(out.ndim)], constant_values=pad_value)
+        n = out.shape[axis]
+        out = op(op(p.take(range(0, n), axis), p.take(range(1, n + 1), axis)), p.take(range(2, n + 2), axis))
+    return out
+
+
+def _close(mask: np.ndarray) -> np.ndarray:
+    """Morphological closing with a 3x3x3 cube: dilation, then erosion (the outside counts as foreground
+    for the erosion, so a mask touching the array border is not eaten away there)."""
+    return _shift_op(_shift_op(mask, np.logical_or, False), np.logical_and, True)
+
+
+def _fill_holes(mask: np.ndarray, ndi) -> np.ndarray:
+    """Fill the cavities of a mask: background components that do not touch the array border."""
+    lab, n = ndi.label(~mask)
+    faces = np.concatenate([np.take(lab, i, axis=a).ravel() for a in range(3) for i in (0, -1)])
+    touches = np.zeros(n + 1, dtype=bool)
+    touches[faces] = True
+    return mask | ~touches[lab]
+
+
 def _build_1mm() -> dict[str, np.ndarray]:
     """Read the template, derive mask, tissues and labels, crop; all as numpy arrays at 1 mm."""
     from scipy import ndimage as ndi
@@ -132,9 +157,7 @@ def _build_1mm() -> dict[str, np.ndarray]:
     t1 = t1.astype(np.float32) / 255.0
     gm = gm.astype(np.float32) / 255.0
     wm = wm.astype(np.float32) / 255.0
-    brain = (t1 > 0) | (gm + wm >= 0.5)
-    brain = ndi.binary_closing(brain, structure=np.ones((3, 3, 3), bool), iterations=1)
-    brain = ndi.binary_fill_holes(brain)
+    brain = _fill_holes(_close(((t1 > 0) | (gm + wm >= 0.5))), ndi)
 
     idx = np.argwhere(brain)
     centre = (idx.min(0) + idx.max(0)) / 2.0
