@@ -1,0 +1,433 @@
+r"""Iterative registration: transformation model x similarity measure x optimisation.
+
+:func:`register` solves the lecture's optimisation problem
+
+.. math:: \hat\theta = \arg\min_\theta \; \mathcal{L}_{sim}\big(F, M \circ T_\theta\big) + \lambda\, R(u_\theta)
+
+by gradient descent (Adam by default) on a resolution pyramid, coarse to fine. The pieces are
+interchangeable: the transformation model (:mod:`regedu.registration.models`), the similarity loss
+(:func:`regedu.similarity.get_loss`: a name or any callable ``loss(fixed, moved, mask=None)``, e.g. a
+learned similarity network), the regulariser :math:`R` with its weight :math:`\lambda`
+(:mod:`regedu.regularisers`) and the optimiser (any ``torch.optim`` class).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .._checks import _shape, check_affine, check_choice, check_dvf, check_image, check_same_spatial
+from ..fields import compose
+from ..regularisers import get_regulariser
+from ..similarity import LOSSES, get_loss
+from ..spatial_transformer import affine_to_dvf, affine_warp, image_pyramid, resize_dvf, warp
+from .models import MODELS, SVFModel, TransformationModel, rescale_matrix
+from .result import RegistrationResult
+
+# Defaults per transformation model, chosen so that the notebook one-liners work well on 2D brain
+# slices of about 128^2 voxels and small 3D volumes (see benchmarks/iterative.py).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "translation": dict(iterations=(100, 60, 30), lr=0.02, regulariser=None),
+    "rigid": dict(iterations=(100, 60, 30), lr=0.02, regulariser=None),
+    "affine": dict(iterations=(100, 60, 30), lr=0.01, regulariser=None),
+    "bspline": dict(iterations=(100, 80, 50), lr=0.2, regulariser="bending"),
+    "dense": dict(iterations=(100, 80, 50), lr=0.2, regulariser="diffusion"),
+    "svf": dict(iterations=(100, 80, 50), lr=0.2, regulariser="diffusion"),
+}
+# regulariser weights per similarity (the similarities have different scales: MSE of [0, 1] images is
+# small, LNCC/NCC/MI losses are of order 1)
+DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
+    "diffusion": {"mse": 0.01, "ssd": 1e-4, "ncc": 0.5, "lncc": 0.5, "mi": 0.5, "callable": 0.1},
+    "bending": {"mse": 0.01, "ssd": 1e-4, "ncc": 1.0, "lncc": 1.0, "mi": 1.0, "callable": 0.1},
+}
+DEFAULT_LEVELS = 3
+MIN_LEVEL_SIZE = 8
+
+OPTIMISERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+    "lbfgs": torch.optim.LBFGS,
+}
+
+Callback = Callable[[int, int, float, nn.Module], Any]
+
+
+def _level_shapes(shape: Sequence[int], levels: int) -> list[tuple[int, ...]]:
+    """Spatial shapes of :func:`regedu.image_pyramid`, coarsest first."""
+    out = [tuple(shape)]
+    for _ in range(levels - 1):
+        out.append(tuple(max(2, int(round((s - 1) / 2.0)) + 1) for s in out[-1]))
+    return out[::-1]
+
+
+def _max_levels(shape: Sequence[int]) -> int:
+    n = 1
+    while n < 8 and min(_level_shapes(shape, n + 1)[0]) >= MIN_LEVEL_SIZE:
+        n += 1
+    return n
+
+
+def _per_level(fn: str, name: str, value: Any, levels: int, cast: type) -> list:
+    """A value per level (coarse to fine) from one value or a sequence; a longer default sequence keeps its finest entries."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != levels:
+            raise ValueError(f"{fn}: {name} must be one value or {levels} values (one per level, coarse to fine), got {value!r}")
+        return [cast(v) for v in value]
+    return [cast(value)] * levels
+
+
+def _make_model(fn: str, transform: str | TransformationModel, shape, batch: int, model_kwargs: dict) -> TransformationModel:
+    if isinstance(transform, TransformationModel):
+        if model_kwargs:
+            raise TypeError(f"{fn}: extra keyword arguments {sorted(model_kwargs)} cannot be applied to a model instance")
+        if transform.full_shape != tuple(shape):
+            raise ValueError(f"{fn}: the model was built for shape {transform.full_shape} but the images are {tuple(shape)}")
+        return transform
+    if not isinstance(transform, str) or transform not in MODELS:
+        raise ValueError(
+            f"{fn}: transform must be one of {', '.join(repr(k) for k in MODELS)} (or a TransformationModel), "
+            f"got {transform!r}; for demons use regedu.registration.demons(...)"
+        )
+    try:
+        return MODELS[transform](shape, batch=batch, **model_kwargs)
+    except TypeError as err:
+        raise TypeError(f"{fn}: unknown keyword argument for transform={transform!r}: {err}") from None
+
+
+def _make_optimiser(fn: str, optimiser, params, lr: float) -> torch.optim.Optimizer:
+    if isinstance(optimiser, str):
+        key = optimiser.lower()
+        if key not in OPTIMISERS:
+            raise ValueError(f"{fn}: optimiser must be one of {', '.join(repr(k) for k in OPTIMISERS)} or a torch.optim class, got {optimiser!r}")
+        optimiser = OPTIMISERS[key]
+    if not callable(optimiser):
+        raise TypeError(f"{fn}: optimiser must be a name or a torch.optim.Optimizer class, got {type(optimiser).__name__}")
+    return optimiser(params, lr=lr)
+
+
+def _similarity_name(similarity) -> str:
+    if isinstance(similarity, str):
+        return similarity.lower()
+    return "callable"
+
+
+def _init_transform(fn: str, init, ndim: int, shape, batch: int, device, dtype):
+    """``init`` as ``("matrix", A)`` (full-resolution voxels) or ``("dvf", u)`` or ``None``."""
+    if init is None:
+        return None
+    if isinstance(init, RegistrationResult):
+        init = init.matrix if init.matrix is not None else init.dvf
+    if not isinstance(init, torch.Tensor):
+        raise TypeError(f"{fn}: init must be a RegistrationResult, an affine matrix or a DVF tensor, got {type(init).__name__}")
+    init = init.detach().to(device=device, dtype=dtype)
+    if init.dim() in (2, 3) and init.shape[-1] == init.shape[-2]:
+        A = check_affine(fn, "init", init, ndim=ndim)
+        if A.dim() == 2:
+            A = A.unsqueeze(0)
+        if A.shape[0] not in (1, batch):
+            raise ValueError(f"{fn}: init has {A.shape[0]} matrices but {batch} image pairs are registered")
+        return "matrix", A
+    u = check_dvf(fn, "init", init, spatial=shape)
+    if u.shape[1] != ndim:
+        raise ValueError(f"{fn}: init is a {u.shape[1]}D field but the images are {ndim}D")
+    if u.shape[0] not in (1, batch):
+        raise ValueError(f"{fn}: init has {u.shape[0]} fields but {batch} image pairs are registered")
+    return "dvf", u
+
+
+def _init_at(init, full_shape, shape):
+    """The initial transformation on a pyramid level's grid."""
+    if init is None:
+        return None
+    kind, value = init
+    if kind == "matrix":
+        return kind, rescale_matrix(value, full_shape, shape)
+    return kind, resize_dvf(value, shape) if tuple(shape) != tuple(full_shape) else value
+
+
+def _total_displacement(u: torch.Tensor, init) -> torch.Tensor:
+    r"""Deformable ``u`` after an initial transformation: ``moved(x) = moving(T_init(x + u(x)))``.
+
+    For a matrix, exactly :math:`A(x + u) - x = (A x - x) + L u` (``L`` its linear part); for a DVF
+    ``w``, :math:`u(x) + w(x + u(x))` (:func:`regedu.compose`).
+    """
+    if init is None:
+        return u
+    kind, value = init
+    if kind == "matrix":
+        ndim = u.shape[1]
+        L = value[:, :ndim, :ndim]
+        Lu = torch.einsum("bij,bj...->bi...", L, u) if L.shape[0] == u.shape[0] else torch.einsum("ij,bj...->bi...", L[0], u)
+        return affine_to_dvf(value, u.shape[2:]) + Lu
+    return compose(value.expand(u.shape[0], *value.shape[1:]) if value.shape[0] != u.shape[0] else value, u)
+
+
+def _total_matrix(A: torch.Tensor, init) -> torch.Tensor:
+    if init is None:
+        return A
+    return init[1] @ A
+
+
+def register(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    transform: str | TransformationModel = "affine",
+    similarity: str | Callable[..., torch.Tensor] = "mse",
+    regulariser: str | Callable[[torch.Tensor], torch.Tensor] | None = "auto",
+    weight: float | None = None,
+    levels: int | None = None,
+    iterations: int | Sequence[int] | None = None,
+    lr: float | Sequence[float] | None = None,
+    mask: torch.Tensor | None = None,
+    init: RegistrationResult | torch.Tensor | None = None,
+    optimiser: str | type[torch.optim.Optimizer] = "adam",
+    progress: bool = True,
+    callback: Callback | None = None,
+    snapshot_every: int = 0,
+    **model_kwargs: Any,
+) -> RegistrationResult:
+    r"""Register ``moving`` to ``fixed`` by iterative optimisation on a resolution pyramid.
+
+    Minimises :math:`\mathcal{L}_{sim}(F, M \circ T_\theta) + \lambda R(u_\theta)` over the parameters
+    of the transformation model, level by level from coarse to fine; each level starts from the
+    previous level's transformation moved onto its grid.
+
+    Args:
+        fixed, moving: images ``(B, C, H, W)`` or ``(B, C, D, H, W)`` of the same spatial size (batch 1
+            is broadcast). ``B`` pairs are registered at once, each with its own transformation.
+        transform: ``"translation"``, ``"rigid"``, ``"affine"`` (matrices, parameterised about the image
+            centre), ``"bspline"`` (free-form deformation; keyword ``spacing`` = control-point spacing in
+            voxels, default 8), ``"dense"`` (one vector per voxel; keyword ``sigma`` = Gaussian smoothing
+            of the parameter field, default 1 voxel), ``"svf"`` (diffeomorphic: stationary velocity
+            integrated by scaling and squaring; keywords ``sigma``, ``steps`` = 7), or a
+            :class:`~regedu.registration.models.TransformationModel` instance.
+        similarity: ``"mse"``, ``"ssd"``, ``"ncc"``, ``"lncc"``, ``"mi"`` (mutual information, for
+            multi-modal pairs) or any callable ``loss(fixed, moved, mask=None) -> scalar`` to minimise
+            (a learned similarity network plugs in here unchanged).
+        regulariser: ``"diffusion"``, ``"bending"``, a callable ``field -> scalar``, ``None`` (none), or
+            ``"auto"``: none for matrices, bending energy for B-splines, diffusion for dense and SVF
+            (acting on the velocity).
+        weight: :math:`\lambda`. ``None`` picks a default for the regulariser and the similarity
+            (``DEFAULT_WEIGHTS``); ``0`` switches the regulariser off.
+        levels: pyramid levels (each halves the size); default 3, fewer if the image is small.
+        iterations: per level, one number or one per level (coarse to fine). Default per model (``DEFAULTS``).
+        lr: learning rate (one number or one per level). Units: voxels for deformable models; for
+            matrices the linear part and the translation in units of the image radius (scale-aware).
+        mask: optional fixed-image mask ``(B or 1, 1, *spatial)``; the similarity is computed inside it.
+        init: an initial transformation (a previous :class:`RegistrationResult`, a matrix ``(n+1, n+1)``
+            or ``(B, n+1, n+1)``, or a DVF): the model starts at the identity and is composed with it,
+            ``moved(x) = moving(T_init(T_model(x)))`` (e.g. affine first, then deformable).
+        optimiser: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ``"lbfgs"`` or a
+            ``torch.optim`` class (called as ``cls(params, lr=lr)``).
+        progress: show a ``tqdm.auto`` progress bar.
+        callback: ``callback(level, iteration, loss, model)`` after every iteration; return ``True`` to
+            stop early.
+        snapshot_every: record ``(iteration, moved, dvf)`` at full resolution every that many iterations
+            (0: never) in ``history["snapshots"]``, for playback widgets.
+        **model_kwargs: passed to the model (``spacing``, ``sigma``, ``steps``).
+
+    Returns:
+        A :class:`RegistrationResult` (``matrix``, ``dvf``, ``moved``, ``warp``, ``warp_labels``,
+        ``history``, ``time``).
+
+    Example:
+        >>> result = regedu.register(fixed, moving, transform="affine", similarity="mi")
+        >>> deformable = regedu.register(fixed, moving, transform="svf", similarity="lncc", init=result)
+    """
+    fn = "register"
+    start = time.perf_counter()
+    fixed = check_image(fn, "fixed", fixed)
+    moving = check_image(fn, "moving", moving)
+    if fixed.dim() != moving.dim():
+        raise ValueError(
+            f"{fn}: fixed and moving must both be 2D or both 3D, got fixed {_shape(fixed)} ({fixed.dim() - 2}D) "
+            f"and moving {_shape(moving)} ({moving.dim() - 2}D)"
+        )
+    if fixed.shape[2:] != moving.shape[2:]:
+        raise ValueError(
+            f"{fn}: fixed and moving must have the same spatial size, got fixed {tuple(fixed.shape[2:])} and moving "
+            f"{tuple(moving.shape[2:])}; resample the moving image first, e.g. regedu.resize(moving, shape={tuple(fixed.shape[2:])})"
+        )
+    check_same_spatial(fn, "fixed", fixed, "moving", moving)
+    if fixed.shape[1] != moving.shape[1]:
+        raise ValueError(f"{fn}: fixed and moving must have the same number of channels, got {fixed.shape[1]} and {moving.shape[1]}")
+    if not fixed.is_floating_point() or not moving.is_floating_point():
+        raise TypeError(f"{fn}: fixed and moving must be floating-point images, got {fixed.dtype} and {moving.dtype}")
+    moving = moving.to(fixed.dtype)
+    ndim = fixed.dim() - 2
+    shape = tuple(fixed.shape[2:])
+    batch = max(fixed.shape[0], moving.shape[0])
+    device, dtype = fixed.device, fixed.dtype
+    if mask is not None:
+        mask = check_image(fn, "mask", mask)
+        check_same_spatial(fn, "fixed", fixed, "mask", mask)
+        if mask.shape[1] != 1:
+            raise ValueError(f"{fn}: mask must have one channel, got shape {_shape(mask)}")
+        mask = mask.to(device=device, dtype=dtype)
+        if float(mask.sum()) == 0:
+            raise ValueError(f"{fn}: mask is empty (all zero); nothing to compare")
+
+    loss_fn = get_loss(similarity) if callable(similarity) else None
+    if loss_fn is None:
+        if not isinstance(similarity, str) or similarity.lower() not in LOSSES:
+            raise ValueError(f"{fn}: similarity must be one of {', '.join(repr(k) for k in LOSSES)} or a callable loss(fixed, moved, mask=None), got {similarity!r}")
+        loss_fn = get_loss(similarity)
+    sim_name = _similarity_name(similarity)
+
+    model = _make_model(fn, transform, shape, batch, model_kwargs)
+    name = model.name
+    defaults = DEFAULTS.get(name, DEFAULTS["dense"])
+
+    # regulariser and weight
+    if isinstance(regulariser, str) and regulariser == "auto":
+        regulariser = defaults["regulariser"]
+    reg_fn = None
+    if regulariser is not None:
+        if not callable(regulariser) and not (isinstance(regulariser, str) and regulariser in ("diffusion", "bending", "bending_energy")):
+            raise ValueError(f"{fn}: regulariser must be 'diffusion', 'bending', 'auto', None or a callable, got {regulariser!r}")
+        reg_fn = get_regulariser(regulariser)
+        if weight is None:
+            key = "bending" if regulariser in ("bending", "bending_energy") else "diffusion"
+            weight = DEFAULT_WEIGHTS[key].get(sim_name, DEFAULT_WEIGHTS[key]["callable"]) if isinstance(regulariser, str) else 0.1
+    weight = 0.0 if weight is None else float(weight)
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"{fn}: weight must be a finite number >= 0, got {weight}")
+    if weight > 0 and reg_fn is None:
+        raise ValueError(f"{fn}: weight={weight} was given but regulariser is None; name a regulariser ('diffusion', 'bending')")
+
+    # pyramid
+    if levels is None:
+        levels = min(DEFAULT_LEVELS, _max_levels(shape))
+    if not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"{fn}: levels must be a positive integer, got {levels!r}")
+    shapes = _level_shapes(shape, levels)
+    if levels > 1 and min(shapes[0]) < MIN_LEVEL_SIZE:
+        raise ValueError(
+            f"{fn}: levels={levels} makes the coarsest level {shapes[0]} smaller than {MIN_LEVEL_SIZE} voxels along an axis; "
+            f"use levels <= {_max_levels(shape)} for an image of shape {shape}"
+        )
+    default_iters = list(defaults["iterations"])
+    if iterations is None:
+        iterations = default_iters[-levels:] if levels <= len(default_iters) else [default_iters[0]] * (levels - len(default_iters)) + default_iters
+    iters = _per_level(fn, "iterations", iterations, levels, int)
+    if any(i < 0 for i in iters):
+        raise ValueError(f"{fn}: iterations must be >= 0, got {iterations!r}")
+    lrs = _per_level(fn, "lr", defaults["lr"] if lr is None else lr, levels, float)
+    if any(not (v > 0 and math.isfinite(v)) for v in lrs):
+        raise ValueError(f"{fn}: lr must be positive, got {lr!r}")
+    if not isinstance(snapshot_every, int) or snapshot_every < 0:
+        raise ValueError(f"{fn}: snapshot_every must be a non-negative integer, got {snapshot_every!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"{fn}: callback must be callable as callback(level, iteration, loss, model), got {type(callback).__name__}")
+    init_t = _init_transform(fn, init, ndim, shape, batch, device, dtype)
+    if init_t is not None and init_t[0] == "dvf" and model.parametric:
+        raise ValueError(f"{fn}: a {name!r} model can only start from a matrix, but init is a displacement field")
+
+    model = model.to(device=device, dtype=dtype)
+    fixed_pyr = image_pyramid(fixed, levels)
+    moving_pyr = image_pyramid(moving, levels)
+    mask_pyr = image_pyramid(mask, levels) if mask is not None else [None] * levels
+
+    history: dict[str, list[Any]] = {k: [] for k in ("loss", "similarity", "regulariser", "level", "iteration", "time")}
+    history["snapshots"] = []
+
+    def transformed(m_img: torch.Tensor, init_l) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The moved image on the current level and the field to regularise."""
+        if model.parametric:
+            A = _total_matrix(model.matrix(), init_l)
+            moved = affine_warp(m_img, A)
+            field = model.displacement() if reg_fn is not None and weight > 0 else None
+            return moved, field
+        u = model.displacement()
+        moved = warp(m_img, _total_displacement(u, init_l))
+        return moved, model.regularised_field() if reg_fn is not None and weight > 0 else None
+
+    def full_resolution() -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(matrix, dvf, moved) of the current parameters on the full-resolution grid."""
+        with torch.no_grad():
+            if model.parametric:
+                A = model.full_matrix() if hasattr(model, "full_matrix") else rescale_matrix(model.matrix(), model.shape, shape)
+                A = _total_matrix(A, init_t)
+                return A, affine_to_dvf(A, shape), affine_warp(moving, A)
+            u = model.displacement()
+            if model.shape != shape:
+                u = resize_dvf(u, shape)
+            total = _total_displacement(u, init_t)
+            return None, total, warp(moving, total)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(iters), desc=f"register ({name}, {sim_name})", disable=not progress, leave=False)
+    step = 0
+    stop = False
+    try:
+        for level in range(levels):
+            if stop:
+                break
+            model.set_level(shapes[level])
+            f_l, m_l, k_l = fixed_pyr[level], moving_pyr[level], mask_pyr[level]
+            init_l = _init_at(init_t, shape, shapes[level])
+            opt = _make_optimiser(fn, optimiser, model.parameters(), lrs[level])
+            for it in range(iters[level]):
+                record: dict[str, torch.Tensor] = {}
+
+                def closure() -> torch.Tensor:
+                    opt.zero_grad()
+                    moved, field = transformed(m_l, init_l)
+                    sim = loss_fn(f_l, moved, mask=k_l) if k_l is not None else loss_fn(f_l, moved)
+                    if not isinstance(sim, torch.Tensor) or sim.numel() != 1:
+                        raise ValueError(f"{fn}: the similarity loss must return a scalar tensor, got "
+                                         f"{type(sim).__name__}{'' if not isinstance(sim, torch.Tensor) else ' of shape ' + str(tuple(sim.shape))}")
+                    sim = sim.reshape(())
+                    reg = weight * reg_fn(field) if field is not None else torch.zeros((), device=device, dtype=dtype)
+                    loss = sim + reg
+                    if not bool(torch.isfinite(loss)):
+                        raise FloatingPointError(
+                            f"{fn}: the loss became {float(loss)} at level {level}, iteration {it} "
+                            f"(similarity {float(sim)}, regulariser {float(reg)}); try a smaller lr (now {lrs[level]})"
+                        )
+                    loss.backward()
+                    record["loss"], record["sim"], record["reg"] = loss.detach(), sim.detach(), reg.detach()
+                    return loss
+
+                opt.step(closure)
+                loss_value = float(record["loss"])
+                history["loss"].append(loss_value)
+                history["similarity"].append(float(record["sim"]))
+                history["regulariser"].append(float(record["reg"]))
+                history["level"].append(level)
+                history["iteration"].append(step)
+                history["time"].append(time.perf_counter() - start)
+                step += 1
+                bar.update(1)
+                if progress and (it % 10 == 0 or it == iters[level] - 1):
+                    bar.set_postfix(level=level, loss=f"{loss_value:.4g}")
+                if snapshot_every and step % snapshot_every == 0:
+                    _, dvf_s, moved_s = full_resolution()
+                    history["snapshots"].append((step, moved_s.detach().cpu(), dvf_s.detach().cpu()))
+                if callback is not None and callback(level, it, loss_value, model) is True:
+                    stop = True
+                    break
+    finally:
+        bar.close()
+
+    model.set_level(shape)
+    matrix, dvf, moved = full_resolution()
+    velocity = model.velocity().detach() if isinstance(model, SVFModel) else None
+    return RegistrationResult(
+        dvf=dvf.detach(),
+        moved=moved.detach(),
+        matrix=None if matrix is None else matrix.detach(),
+        history=history,
+        time=time.perf_counter() - start,
+        transform=name,
+        model=model,
+        velocity=velocity,
+        stopped_early=stop,
+    )

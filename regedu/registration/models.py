@@ -1,0 +1,317 @@
+r"""Transformation models :math:`T(x, \theta)` as ``torch.nn.Module``\ s.
+
+The lecture's recipe is *transformation model x similarity measure x optimisation*. A model here
+owns the parameters :math:`\theta` that the optimiser changes and turns them into a transformation
+of the **current pyramid level's** voxel grid:
+
+* ``matrix()``: a homogeneous matrix ``(B, n+1, n+1)`` (fixed voxel -> moving voxel) for the
+  parametric models (translation, rigid, affine), ``None`` for the deformable ones;
+* ``displacement()``: the displacement field ``u`` ``(B, ndim, *shape)`` in voxels of that grid
+  (pull-back: ``moved(x) = moving(x + u(x))``);
+* ``regularised_field()``: the field a smoothness regulariser acts on (``None`` if there is none).
+
+``set_level(shape)`` moves the parameters to another grid covering the same field of view, which is
+how the resolution pyramid carries the transformation from a coarse level to the next finer one.
+Voxel coordinates on two grids of the same field of view are related by ``x_a = D x_b`` with
+``D = diag((S_a - 1) / (S_b - 1))`` (``align_corners=True`` geometry), so
+
+* matrices are conjugated, :math:`A_b = D^{-1} A_a D` (:func:`rescale_matrix`);
+* displacement fields are resampled and their components rescaled (:func:`regedu.resize_dvf`);
+* B-spline coefficients keep their control points (same physical positions) and are rescaled per axis;
+* stationary velocity fields are resampled like displacement fields.
+
+Parametric models are defined once, in voxels of the **full-resolution** grid about the image centre,
+with the translation measured in units of the image radius ``r`` (half the mean image extent): a
+rotation by :math:`\delta\phi` and a translation by :math:`\delta t` then move the image border by about
+:math:`r\,\delta\phi` and :math:`r\,\delta t` voxels, so one learning rate suits both.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .. import transforms
+from ..fields import bspline_grid_shape, bspline_to_dvf, integrate_velocity
+from ..filters import gaussian_blur
+from ..spatial_transformer import affine_to_dvf, resize_dvf
+
+
+def grid_scaling(from_shape: Sequence[int], to_shape: Sequence[int]) -> list[float]:
+    """Per-axis factors ``(S_from - 1) / (S_to - 1)``: a voxel ``x`` of ``to_shape`` is voxel ``D x`` of ``from_shape``."""
+    return [(a - 1) / (b - 1) if b > 1 else 1.0 for a, b in zip(from_shape, to_shape)]
+
+
+def rescale_matrix(A: torch.Tensor, from_shape: Sequence[int], to_shape: Sequence[int]) -> torch.Tensor:
+    r"""The same transformation on another grid of the same field of view: :math:`A' = D^{-1} A D`.
+
+    ``A`` ``(..., n+1, n+1)`` maps voxels of ``from_shape`` to voxels of ``from_shape``; the result maps
+    voxels of ``to_shape`` to voxels of ``to_shape``, with ``D = diag((S_from - 1) / (S_to - 1), 1)``.
+    """
+    d = grid_scaling(from_shape, to_shape) + [1.0]
+    D = torch.diag(torch.tensor(d, dtype=A.dtype, device=A.device))
+    D_inv = torch.diag(torch.tensor([1.0 / v for v in d], dtype=A.dtype, device=A.device))
+    return D_inv @ A @ D
+
+
+class TransformationModel(nn.Module):
+    """Base class of the transformation models (see the module docstring for the interface).
+
+    Args:
+        shape: full-resolution spatial shape ``(H, W)`` or ``(D, H, W)``.
+        batch: number of image pairs registered at once (one transformation each).
+    """
+
+    parametric: bool = False
+    name: str = "model"
+
+    def __init__(self, shape: Sequence[int], batch: int = 1):
+        super().__init__()
+        self.full_shape = tuple(int(s) for s in shape)
+        if len(self.full_shape) not in (2, 3):
+            raise ValueError(f"{type(self).__name__}: shape must have 2 or 3 entries, got {self.full_shape}")
+        self.ndim = len(self.full_shape)
+        self.batch = int(batch)
+        self.shape = self.full_shape
+
+    def set_level(self, shape: Sequence[int]) -> None:
+        """Move the transformation to a grid of ``shape`` (same field of view)."""
+        self.shape = tuple(int(s) for s in shape)
+
+    def matrix(self) -> torch.Tensor | None:
+        """Homogeneous matrix ``(B, n+1, n+1)`` on the current grid, or ``None`` (deformable models)."""
+        return None
+
+    def displacement(self) -> torch.Tensor:
+        """Displacement ``(B, ndim, *shape)`` in voxels of the current grid."""
+        raise NotImplementedError
+
+    def regularised_field(self) -> torch.Tensor | None:
+        """The field the regulariser penalises (the displacement unless a model says otherwise)."""
+        return self.displacement()
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, full_shape={self.full_shape}, batch={self.batch}"
+
+    def _param(self) -> torch.Tensor:
+        return next(self.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# parametric models
+# --------------------------------------------------------------------------------------------
+
+class _MatrixModel(TransformationModel):
+    r"""A matrix :math:`x' = L(x - c) + c + r\,t` in full-resolution voxels (``c`` the image centre)."""
+
+    parametric = True
+
+    def __init__(self, shape: Sequence[int], batch: int = 1):
+        super().__init__(shape, batch)
+        self.radius = sum((s - 1) / 2 for s in self.full_shape) / self.ndim
+        self.translation = nn.Parameter(torch.zeros(self.batch, self.ndim))
+
+    def linear(self) -> torch.Tensor:
+        """The linear part ``L`` ``(B, n, n)``."""
+        raise NotImplementedError
+
+    def full_matrix(self) -> torch.Tensor:
+        """The matrix on the full-resolution grid, ``(B, n+1, n+1)``."""
+        t = self.translation
+        L = self.linear()
+        c = torch.tensor([(s - 1) / 2 for s in self.full_shape], dtype=t.dtype, device=t.device)
+        offset = c + self.radius * t - (L @ c)
+        top = torch.cat([L, offset.unsqueeze(-1)], dim=-1)
+        bottom = torch.zeros(t.shape[0], 1, self.ndim + 1, dtype=t.dtype, device=t.device)
+        bottom[..., -1] = 1
+        return torch.cat([top, bottom], dim=-2)
+
+    def matrix(self) -> torch.Tensor:
+        return rescale_matrix(self.full_matrix(), self.full_shape, self.shape)
+
+    def displacement(self) -> torch.Tensor:
+        return affine_to_dvf(self.matrix(), self.shape)
+
+    def regularised_field(self) -> torch.Tensor | None:
+        return None
+
+
+class TranslationModel(_MatrixModel):
+    """Translation :math:`x' = x + t` (``ndim`` parameters)."""
+
+    name = "translation"
+
+    def linear(self) -> torch.Tensor:
+        t = self.translation
+        return torch.eye(self.ndim, dtype=t.dtype, device=t.device).expand(t.shape[0], -1, -1)
+
+
+class RigidModel(_MatrixModel):
+    r"""Rigid :math:`x' = R(x - c) + c + t` about the image centre (3 parameters in 2D, 6 in 3D).
+
+    2D: one angle (radians); 3D: Euler angles about tensor axes 0, 1, 2 (see
+    :func:`regedu.transforms.rotation_matrix_3d`).
+    """
+
+    name = "rigid"
+
+    def __init__(self, shape: Sequence[int], batch: int = 1):
+        super().__init__(shape, batch)
+        self.angles = nn.Parameter(torch.zeros(self.batch, 1 if self.ndim == 2 else 3))
+
+    def linear(self) -> torch.Tensor:
+        # (B, 1) angles in 2D, (B, 3) Euler angles in 3D
+        return transforms.rotation_matrix(self.angles, self.ndim)[..., : self.ndim, : self.ndim]
+
+
+class AffineModel(_MatrixModel):
+    r"""Affine :math:`x' = (I + P)(x - c) + c + t` about the image centre (6 parameters in 2D, 12 in 3D).
+
+    ``P`` is the deviation of the linear part from the identity (rotation, scaling and shear together);
+    :func:`regedu.transforms.affine_params` decomposes the result into angle, scales and shears.
+    """
+
+    name = "affine"
+
+    def __init__(self, shape: Sequence[int], batch: int = 1):
+        super().__init__(shape, batch)
+        self.linear_offset = nn.Parameter(torch.zeros(self.batch, self.ndim, self.ndim))
+
+    def linear(self) -> torch.Tensor:
+        P = self.linear_offset
+        return torch.eye(self.ndim, dtype=P.dtype, device=P.device) + P
+
+
+# --------------------------------------------------------------------------------------------
+# deformable models
+# --------------------------------------------------------------------------------------------
+
+def _blur(u: torch.Tensor, sigma: float) -> torch.Tensor:
+    return gaussian_blur(u, sigma) if sigma > 0 else u
+
+
+class DenseModel(TransformationModel):
+    r"""Dense (non-parametric) DVF: one displacement vector per voxel, :math:`\mathrm{DOF} = d \cdot N_1 \cdots N_d`.
+
+    ``sigma`` > 0 smooths the parameter field with a Gaussian (voxels of the current level) before use,
+    :math:`u = G_\sigma * p`, which preconditions the optimisation (fewer noisy updates); ``sigma=0``
+    optimises the displacements directly.
+    """
+
+    name = "dense"
+
+    def __init__(self, shape: Sequence[int], batch: int = 1, sigma: float = 1.0):
+        super().__init__(shape, batch)
+        if sigma < 0:
+            raise ValueError(f"DenseModel: sigma must be >= 0, got {sigma}")
+        self.sigma = float(sigma)
+        self.field = nn.Parameter(torch.zeros(self.batch, self.ndim, *self.shape))
+
+    def set_level(self, shape: Sequence[int]) -> None:
+        shape = tuple(int(s) for s in shape)
+        if shape != self.shape:
+            with torch.no_grad():
+                self.field = nn.Parameter(resize_dvf(self.field.detach(), shape))
+        super().set_level(shape)
+
+    def displacement(self) -> torch.Tensor:
+        return _blur(self.field, self.sigma)
+
+
+class SVFModel(DenseModel):
+    r"""Diffeomorphic model: a stationary velocity field ``v`` and :math:`\varphi = \exp(v)`.
+
+    The exponential is computed by scaling and squaring (:func:`regedu.integrate_velocity`, ``steps``
+    squarings; Arsigny et al., 2006; Ashburner, 2007). A smooth ``v`` gives a diffeomorphism, i.e. no
+    folding. The regulariser acts on the velocity.
+    """
+
+    name = "svf"
+
+    def __init__(self, shape: Sequence[int], batch: int = 1, sigma: float = 1.0, steps: int = 7):
+        super().__init__(shape, batch, sigma)
+        self.steps = int(steps)
+
+    def velocity(self) -> torch.Tensor:
+        """The (smoothed) velocity field ``(B, ndim, *shape)`` in voxels of the current level."""
+        return _blur(self.field, self.sigma)
+
+    def displacement(self) -> torch.Tensor:
+        return integrate_velocity(self.velocity(), self.steps)
+
+    def regularised_field(self) -> torch.Tensor:
+        return self.velocity()
+
+
+class BSplineModel(TransformationModel):
+    r"""Cubic B-spline free-form deformation (Rueckert et al., 1999).
+
+    :math:`u(x) = \sum_{c} \beta^3\!\left(\frac{x - x_c}{\delta}\right) \phi_c` with control points
+    :math:`x_c` every ``spacing`` voxels (of the full-resolution image; one value or one per axis).
+    The control points keep their physical positions on every pyramid level, so moving between levels
+    only rescales the coefficients ``phi`` (voxel units of the level) per axis.
+    """
+
+    name = "bspline"
+
+    def __init__(self, shape: Sequence[int], batch: int = 1, spacing: float | Sequence[float] = 8.0):
+        super().__init__(shape, batch)
+        sp = [float(spacing)] * self.ndim if isinstance(spacing, (int, float)) else [float(s) for s in spacing]
+        if len(sp) != self.ndim:
+            raise ValueError(f"BSplineModel: spacing must be one number or {self.ndim} numbers, got {spacing!r}")
+        for s, d in zip(self.full_shape, sp):
+            if not d > 0 or d > s - 1:
+                raise ValueError(
+                    f"BSplineModel: control-point spacing must be positive and at most the image size minus 1 "
+                    f"along every axis, got spacing {tuple(sp)} for an image of shape {self.full_shape}; "
+                    f"choose a spacing of at most {min(self.full_shape) - 1} voxels"
+                )
+        self.spacing = tuple(sp)
+        self.grid = bspline_grid_shape(self.full_shape, sp)
+        self.coefficients = nn.Parameter(torch.zeros(self.batch, self.ndim, *self.grid))
+
+    def level_spacing(self, shape: Sequence[int]) -> tuple[float, ...]:
+        """Control-point spacing in voxels of a grid of ``shape``, placing the control points where they are at full resolution."""
+        out = []
+        for s_full, s, d, n in zip(self.full_shape, shape, self.spacing, self.grid):
+            if s < 2:
+                raise ValueError(f"BSplineModel: pyramid level of shape {tuple(shape)} is too small for a B-spline grid")
+            sp = d * (s - 1) / (s_full - 1)
+            # guard against round-off changing ceil((s - 1) / sp) + 3
+            for candidate in (sp, math.nextafter(sp, math.inf), math.nextafter(sp, 0.0)):
+                if int(math.ceil((s - 1) / candidate)) + 3 == n:
+                    sp = candidate
+                    break
+            out.append(sp)
+        if bspline_grid_shape(shape, out) != self.grid:
+            raise ValueError(f"BSplineModel: cannot place the control grid {self.grid} on a level of shape {tuple(shape)}")
+        return tuple(out)
+
+    def set_level(self, shape: Sequence[int]) -> None:
+        shape = tuple(int(s) for s in shape)
+        if shape != self.shape:
+            factors = grid_scaling(shape, self.shape)
+            f = torch.tensor(factors, dtype=self.coefficients.dtype, device=self.coefficients.device)
+            with torch.no_grad():
+                self.coefficients = nn.Parameter(self.coefficients.detach() * f.reshape(1, -1, *([1] * self.ndim)))
+        self.level_spacing(shape)  # validates
+        super().set_level(shape)
+
+    def displacement(self) -> torch.Tensor:
+        return bspline_to_dvf(self.coefficients, self.shape, self.level_spacing(self.shape))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", spacing={self.spacing}, grid={self.grid}"
+
+
+MODELS: dict[str, type[TransformationModel]] = {
+    "translation": TranslationModel,
+    "rigid": RigidModel,
+    "affine": AffineModel,
+    "bspline": BSplineModel,
+    "dense": DenseModel,
+    "svf": SVFModel,
+}
