@@ -193,7 +193,8 @@ def test_brain_slice_display_orientation():
     assert up[1] > down[1]  # rows run from anterior (top) to posterior
     assert right[0] > up[0]  # columns run from the subject's left to right
     c = data.brain_slice("coronal")
-    assert data.voxel_to_world(torch.tensor([0.0, 0.0]), c.affine)[2] > data.voxel_to_world(torch.tensor([10.0, 0.0]), c.affine)[2]
+    top, lower = (data.voxel_to_world(torch.tensor([r, 0.0]), c.affine) for r in (0.0, 10.0))
+    assert top[2] > lower[2]  # coronal rows run from superior (top) to inferior
 
 
 def test_brain_slice_index_and_size():

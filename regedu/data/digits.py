@@ -115,7 +115,8 @@ class DistortedDigits(Dataset):
         self.images, self.targets = images[idx], target[idx]
         self.all_images = images
         self.split, self.size, self.seed = split, size, int(seed)
-        self.rotation, self.scale, self.translation, self.clutter = float(rotation), tuple(scale), float(translation), int(clutter)
+        self.rotation, self.scale = float(rotation), tuple(scale)
+        self.translation, self.clutter = float(translation), int(clutter)
         self.length = len(self.targets) if length is None else int(length)
         pad = size - self.digit_size
         self._pad = (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2)

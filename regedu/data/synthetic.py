@@ -50,7 +50,6 @@ from functools import lru_cache
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .._checks import check_choice
@@ -187,10 +186,11 @@ def random_diffeomorphism(
     """Displacements ``(batch, ndim, *shape)`` (voxels) of ``exp(w)`` for :func:`random_velocity` fields ``w``.
 
     The velocity's longest vector is ``max_displacement``; the integrated displacement has a similar
-    size. The velocity is integrated (scaling and squaring) on a grid half as fine per axis (with ``steps`` squarings; default: enough that ``max|w| / 2**steps <= 1/4`` voxel,
-    between 3 and 10) and the displacement is then upsampled (:func:`regedu.resize_dvf`): 4 (2D) or 8 (3D)
-    times cheaper, and still smooth because the velocity varies over many voxels. The upsampled
-    field *is* the ground truth (images are warped with it), so nothing is approximated there.
+    size. The velocity is integrated by scaling and squaring on a grid half as fine per axis, with
+    ``steps`` squarings (default: enough that ``max|w| / 2**steps <= 1/4`` voxel, between 3 and 10);
+    the displacement is then upsampled (:func:`regedu.resize_dvf`): 4 (2D) or 8 (3D) times cheaper,
+    and still smooth because the velocity varies over many voxels. The upsampled field *is* the
+    ground truth (images are warped with it), so nothing is approximated there.
     """
     shape = tuple(int(s) for s in shape)
     half = min(shape) >= 24
@@ -493,13 +493,15 @@ class PairDataset(Dataset):
 
     def item_seed(self, index: int) -> int:
         """The seed of item ``index``: eval mode ``EVAL_SEED_OFFSET + 100000 * seed + index``; train mode a
-        fresh draw in ``[0, 2**31)`` from the dataset's stream (seeded by ``seed`` and the worker id)."""
+        fresh draw in ``[0, 2**31)`` from the dataset's stream, seeded by ``seed`` (in a ``DataLoader``
+        worker additionally by the worker's seed, which PyTorch draws anew every epoch from the main
+        process's generator: seed that with :func:`regedu.seed_everything` for reproducible runs)."""
         if self.mode == "eval":
             return EVAL_SEED_OFFSET + 100_000 * self.seed + int(index)
         info = torch.utils.data.get_worker_info()
-        if info is not None and self._worker != info.id:
-            self._worker = info.id
-            self._stream = _gen(self.seed * 1_000 + 7919 * (info.id + 1))
+        if info is not None and self._worker != info.seed:
+            self._worker = info.seed
+            self._stream = _gen((self.seed * 1_000_003 + info.seed) % 2**63)
         return int(torch.randint(0, 2**31 - 1, (), generator=self._stream))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
