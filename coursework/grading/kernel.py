@@ -1,0 +1,253 @@
+"""A Jupyter kernel for one submission, driven with hard time limits and capped output.
+
+We talk to ipykernel with ``jupyter_client`` directly (not nbclient) so that every wait has a
+deadline, a dead kernel is noticed at once, output is counted and dropped beyond a cap, and the
+kernel can be interrupted, killed and restarted without affecting the grader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from queue import Empty
+
+import zmq
+from jupyter_client import BlockingKernelClient
+from jupyter_client.connect import write_connection_file
+
+from .sandbox import Limits, clean_env, end_processes, limit_child
+
+RPC_MIME = "application/x-coursework-rpc"
+RPC_RESULT_EXPR = "__coursework_rpc__.result"
+NSINIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nsinit.py")
+UNSHARE = ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "--net", "--"]
+MAX_MESSAGE = 32 * 1024**2  # a kernel message larger than this drops the connection instead of eating memory
+
+
+@dataclass
+class CellResult:
+    status: str                      # "ok", "error", "timeout", "died"
+    ename: str = ""
+    evalue: str = ""
+    output: str = ""                 # captured text, capped
+    output_bytes: int = 0            # all text the cell produced
+    rpc: str | None = None           # the result of a grader call (see coursework.grading.rpc)
+    idle: bool = False
+
+    def summary(self) -> str:
+        if self.status == "error":
+            return f"{self.ename}: {self.evalue}".strip()[:500]
+        return self.status
+
+
+class KernelDied(RuntimeError):
+    pass
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        import psutil
+        return [c.pid for c in psutil.Process(pid).children()]
+    except Exception:
+        return []
+
+
+def namespaces_available() -> bool:
+    """True where the kernel can run in its own user, mount, PID and network namespaces (Linux)."""
+    if not sys.platform.startswith("linux") or os.environ.get("COURSEWORK_ISOLATION") == "process":
+        return False
+    if shutil.which("unshare") is None or shutil.which("setpriv") is None or shutil.which("mount") is None:
+        return False
+    spec = dict(writable=[], hide=[], cwd="/", env={"PATH": os.environ.get("PATH", "")},
+                cmd=[sys.executable, "-I", "-S", "-c", "print('sandbox-ok')"])
+    try:
+        out = subprocess.run([*UNSHARE, sys.executable, "-I", "-S", NSINIT, json.dumps(spec)],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "sandbox-ok" in out.stdout
+
+
+class Kernel:
+    """One ipykernel process in a sandbox: its own session, limits, clean environment, cwd ``workdir``."""
+
+    def __init__(self, workdir: str, conndir: str, limits: Limits, isolation: str = "process",
+                 hide: list[str] | None = None, threads: int = 1):
+        self.workdir, self.conndir, self.limits, self.threads = workdir, conndir, limits, threads
+        self.isolation, self.hide = isolation, list(hide or [])
+        self.token = secrets.token_hex(16)
+        self.kernel_pid: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.kc: BlockingKernelClient | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, timeout: float = 60.0) -> None:
+        ns = self.isolation == "namespace"
+        conn = os.path.join(self.conndir, "kernel.json")
+        if ns:  # no network inside: Unix sockets in the (private) connection folder
+            write_connection_file(conn, transport="ipc", ip=os.path.join(self.conndir, "k"), key=secrets.token_hex(32).encode())
+        else:
+            write_connection_file(conn, ip="127.0.0.1", key=secrets.token_hex(32).encode())
+        os.chmod(conn, 0o600)
+        kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", conn,
+                      "--HistoryManager.enabled=False", "--IPKernelApp.capture_fd_output=False"]
+        env = clean_env(self.workdir, self.token, self.threads)
+        if ns:
+            spec = dict(writable=[self.workdir, self.conndir], hide=self.hide, cwd=self.workdir, env=env, cmd=kernel_cmd)
+            cmd = [*UNSHARE, sys.executable, "-I", "-S", NSINIT, json.dumps(spec)]
+        else:
+            cmd = kernel_cmd
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=limit_child(self.limits),
+        )
+        kc = BlockingKernelClient()
+        kc.load_connection_file(conn)
+        # a single message larger than this drops the connection instead of filling our memory
+        kc.context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        kc.start_channels()
+        self.kc = kc
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if not self.alive():
+                    raise KernelDied("the kernel exited while starting")
+                try:
+                    kc.wait_for_ready(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                    break
+                except RuntimeError:
+                    if time.monotonic() > deadline:
+                        raise KernelDied(f"the kernel did not start within {timeout:.0f} s")
+        finally:
+            try:  # the kernel has read its connection file; nobody else needs the key
+                os.remove(conn)
+            except OSError:
+                pass
+        if ns:  # the kernel is the child of unshare (PID 1 of its namespaces)
+            kids = _children(self.proc.pid)
+            self.kernel_pid = kids[0] if kids else self.proc.pid
+        else:
+            self.kernel_pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def interrupt(self) -> None:
+        if self.alive():
+            try:
+                os.kill(self.kernel_pid or self.proc.pid, signal.SIGINT)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def kill(self) -> None:
+        if self.kc is not None:
+            try:
+                self.kc.stop_channels()
+            except Exception:
+                pass
+            self.kc = None
+        if self.proc is not None:
+            end_processes(self.proc.pid, groups=(self.proc.pid,), token=self.token)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+
+    # ------------------------------------------------------------------ execution
+    def execute(self, code: str, timeout: float, rpc: bool = False) -> CellResult:
+        """Run ``code``; never waits longer than ``timeout`` seconds plus a few seconds of interrupt grace.
+
+        Completion is the shell channel's reply; outputs are read from iopub on the way. With
+        ``rpc`` the reply carries the result of the grader's call (``user_expressions``), so
+        calls work even when the student's output has broken the iopub connection.
+        """
+        if not self.alive() or self.kc is None:
+            return CellResult("died", "KernelDied", "the kernel is not running")
+        kc = self.kc
+        expr = {"rpc": RPC_RESULT_EXPR} if rpc else {}
+        msg_id = kc.execute(code, silent=False, store_history=False, allow_stdin=False, stop_on_error=False,
+                            user_expressions=expr)
+        res = CellResult("ok")
+        cap = self.limits.output_kb * 1024
+        deadline = time.monotonic() + timeout
+        interrupted_at = reply = None
+        while reply is None:
+            now = time.monotonic()
+            if interrupted_at is None and now > deadline:
+                self.interrupt()
+                interrupted_at = now
+            if interrupted_at is not None and now > interrupted_at + 3.0:
+                res.status, res.ename, res.evalue = "timeout", "TimeoutError", f"timed out after {timeout:.0f} s"
+                return res
+            self._drain_iopub(msg_id, res, cap, wait=0.05)
+            try:
+                r = kc.get_shell_msg(timeout=0.05)
+                if r.get("parent_header", {}).get("msg_id") == msg_id:
+                    reply = r
+            except Empty:
+                if not self.alive():
+                    res.status, res.ename, res.evalue = "died", "KernelDied", "the kernel died (os._exit, a crash, or the memory limit)"
+                    return res
+            except Exception:  # a message that does not parse: treat like silence
+                pass
+        # outputs come before the idle status; give iopub a moment, and reconnect it if it is gone
+        end = time.monotonic() + 1.0
+        while not res.idle and time.monotonic() < end:
+            self._drain_iopub(msg_id, res, cap, wait=0.05)
+        if not res.idle:
+            self._reconnect_iopub()
+        content = reply.get("content", {})
+        if interrupted_at is not None:
+            res.status, res.ename, res.evalue = "timeout", "TimeoutError", f"timed out after {timeout:.0f} s (interrupted)"
+        elif content.get("status") == "error":
+            res.status, res.ename, res.evalue = "error", str(content.get("ename", ""))[:200], str(content.get("evalue", ""))[:1000]
+        if rpc:
+            data = content.get("user_expressions", {}).get("rpc", {}).get("data", {})
+            if isinstance(data, dict) and isinstance(data.get(RPC_MIME), str):
+                res.rpc = data[RPC_MIME]
+        return res
+
+    def _drain_iopub(self, msg_id: str, res: "CellResult", cap: int, wait: float) -> None:
+        try:
+            msg = self.kc.get_iopub_msg(timeout=wait)
+        except Empty:
+            return
+        except Exception:
+            return
+        while msg is not None:
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                self._handle(msg, res, cap)
+            try:
+                msg = self.kc.get_iopub_msg(timeout=0)
+            except Exception:
+                msg = None
+
+    def _reconnect_iopub(self) -> None:
+        """A message over the size cap makes zmq drop the connection: open a new one."""
+        try:
+            self.kc.iopub_channel.stop()
+        except Exception:
+            pass
+        self.kc._iopub_channel = None
+        self.kc.iopub_channel.start()
+
+    @staticmethod
+    def _handle(msg: dict, res: CellResult, cap: int) -> None:
+        t, c = msg["msg_type"], msg.get("content", {})
+        if t == "stream":
+            text = str(c.get("text", ""))
+            res.output_bytes += len(text)
+            room = cap - len(res.output)
+            if room > 0:
+                res.output += text[:room]
+        elif t == "error":
+            res.status, res.ename, res.evalue = "error", str(c.get("ename", ""))[:200], str(c.get("evalue", ""))[:1000]
+        elif t == "status" and c.get("execution_state") == "idle":
+            res.idle = True

@@ -1,0 +1,235 @@
+"""Grade ONE submission: ``python -m coursework.grading.worker`` reads a job (JSON) on stdin and
+writes the result (JSON) on stdout. The batch grader runs one worker per submission, each in its
+own session, and kills the worker's whole process tree if it overruns.
+
+Order of events (the hidden tests never enter the kernel):
+
+1. read the job (tests included) from stdin, completely, before anything of the student runs;
+2. start the kernel in the sandbox (see :mod:`kernel`, :mod:`nsinit`), cwd = a folder holding only
+   a copy of the submission;
+3. run the student's code cells (every code cell except nbgrader test cells), each with a time
+   limit; a cell that errors or times out is recorded and the next cell runs; if the kernel dies
+   or hangs, start a fresh one and replay the cells that worked, skipping the bad one;
+4. install the small call helper (:data:`rpc.KERNEL_HELPER`) in the kernel;
+5. run each test cell *here*, in a fresh namespace, with the student's functions as proxies
+   (:mod:`rpc`); a test cell earns its points if it raises nothing;
+6. end the kernel and every process it left behind.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+
+from .kernel import RPC_MIME, Kernel, KernelDied
+from .rpc import KernelUnavailable, Remote, StudentError, StudentFunction, kernel_helper
+from .sandbox import Limits, become_subreaper, end_processes
+from .spec import is_test_cell
+
+MAX_NOTEBOOK = 20 * 1024**2
+MAX_RESTARTS = 3
+
+
+class NotebookTimeout(Exception):
+    pass
+
+
+class Grader:
+    def __init__(self, job: dict):
+        self.job = job
+        self.limits = Limits(**job["limits"])
+        self.start = time.monotonic()
+        self.deadline = self.start + self.limits.notebook
+        self.kernel: Kernel | None = None
+        self.remote: Remote | None = None
+        self.cells: list[str] = []          # student code cells
+        self.good: list[int] = []           # indices of cells that ran without timing out or killing the kernel
+        self.skip: set[int] = set()
+        self.cell_log: list[dict] = []
+        self.restarts = 0
+
+    # ------------------------------------------------------------------ helpers
+    def left(self) -> float:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise NotebookTimeout()
+        return remaining
+
+    def new_kernel(self) -> None:
+        if self.kernel is not None:
+            self.kernel.kill()
+        self.kernel = Kernel(self.job["workdir"], self.job["conndir"], self.limits, isolation=self.job["isolation"],
+                             hide=self.job.get("hide", []), threads=self.job.get("threads", 1))
+        self.kernel.start(timeout=min(120.0, self.left()))
+        self.remote = Remote(self.kernel)
+
+    def restart(self, why: str) -> None:
+        """A fresh kernel with the cells that worked replayed (their errors were recorded already)."""
+        self.restarts += 1
+        if self.restarts > MAX_RESTARTS:
+            raise KernelDied(f"the kernel had to be restarted more than {MAX_RESTARTS} times (last: {why})")
+        self.new_kernel()
+        for i in self.good:
+            self.kernel.execute(self.cells[i], timeout=min(self.limits.cell, self.left()))
+        self.install_helper()
+
+    def install_helper(self) -> None:
+        r = self.kernel.execute(kernel_helper(RPC_MIME), timeout=min(30.0, self.left()))
+        if r.status != "ok":
+            self.remote.broken = f"the grader could not talk to the kernel ({r.summary()})"
+
+    # ------------------------------------------------------------------ steps
+    def run_student_cells(self) -> None:
+        i = 0
+        while i < len(self.cells):
+            if i in self.skip:
+                i += 1
+                continue
+            r = self.kernel.execute(self.cells[i], timeout=min(self.limits.cell, self.left()))
+            self.left()
+            entry = {"cell": i + 1, "status": r.status, "error": r.summary() if r.status != "ok" else "",
+                     "output_bytes": r.output_bytes}
+            self.cell_log.append(entry)
+            if r.status in ("ok", "error"):
+                self.good.append(i)
+                i += 1
+                continue
+            # timed out or killed the kernel: skip this cell from now on
+            self.skip.add(i)
+            if r.status == "timeout" and self.kernel.alive():
+                probe = self.kernel.execute("pass", timeout=min(5.0, self.left()))
+                if probe.status == "ok":  # the interrupt worked; keep going in the same kernel
+                    i += 1
+                    continue
+            self.restarts += 1
+            if self.restarts > MAX_RESTARTS:
+                raise KernelDied(f"the kernel had to be restarted more than {MAX_RESTARTS} times")
+            self.new_kernel()
+            for j in self.good:
+                self.kernel.execute(self.cells[j], timeout=min(self.limits.cell, self.left()))
+            i += 1
+
+    def run_test(self, test: dict) -> dict:
+        out = {"points": 0.0, "max_points": test["points"], "passed": False, "feedback": ""}
+        if self.remote is None or self.remote.broken:
+            self.restart(self.remote.broken if self.remote else "no kernel")
+        ns = {"__name__": "__coursework_test__", "__builtins__": builtins}
+        for name in self.job["student_names"]:
+            ns[name] = StudentFunction(self.remote, name)
+        self.remote.deadline = time.monotonic() + min(self.limits.cell, self.left())
+        try:
+            code = compile(test["code"], f"<test {test['grade_id']}>", "exec")
+            exec(code, ns)
+            out["points"], out["passed"] = float(test["points"]), True
+        except NotebookTimeout:
+            raise
+        except BaseException as e:  # noqa: BLE001 - every failure of a test is feedback
+            out["feedback"] = feedback(e, test)
+            if isinstance(e, (TimeoutError, KernelUnavailable)) and not self.remote.broken:
+                self.remote.broken = str(e)
+        return out
+
+    def grade(self) -> dict:
+        tests = self.job["tests"]
+        result = {"status": "graded", "reason": "", "questions": {}, "cells": self.cell_log}
+        text = open(os.path.join(self.job["workdir"], self.job["notebook"]), "rb").read(MAX_NOTEBOOK + 1)
+        if len(text) > MAX_NOTEBOOK:
+            return {**result, "status": "invalid", "reason": f"notebook is larger than {MAX_NOTEBOOK // 1024**2} MB"}
+        try:
+            nb = json.loads(text.decode("utf-8"))
+        except (ValueError, RecursionError) as e:
+            return {**result, "status": "invalid", "reason": f"notebook is not valid JSON: {str(e)[:200]}"}
+        try:
+            self.cells = student_cells(nb)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            return {**result, "status": "invalid", "reason": f"notebook is not a Jupyter notebook (version 4): {str(e)[:200]}"}
+        timing = result["timing"] = {}
+        try:
+            t0 = time.monotonic()
+            self.new_kernel()
+            timing["kernel_start"] = round(time.monotonic() - t0, 2)
+            self.run_student_cells()
+            timing["student_cells"] = round(time.monotonic() - t0 - timing["kernel_start"], 2)
+            self.install_helper()
+            for t in tests:
+                t1 = time.monotonic()
+                result["questions"][t["grade_id"]] = self.run_test(t)
+                timing[t["grade_id"]] = round(time.monotonic() - t1, 2)
+        except NotebookTimeout:
+            result["status"] = "timeout"
+            result["reason"] = f"timed out after {self.limits.notebook:.0f} s"
+        except KernelDied as e:
+            result["status"] = "died"
+            result["reason"] = f"kernel died: {e}"
+        finally:
+            if self.kernel is not None:
+                self.kernel.kill()
+        if result["status"] != "graded":
+            result["questions"] = {}
+        for t in tests:  # every question gets an entry
+            result["questions"].setdefault(t["grade_id"], {"points": 0.0, "max_points": t["points"], "passed": False,
+                                                           "feedback": result["reason"] or "not run"})
+        result["restarts"] = self.restarts
+        return result
+
+
+def student_cells(nb: dict) -> list[str]:
+    """The code of every code cell except nbgrader test cells (plain JSON; nbformat is slow to import)."""
+    if not isinstance(nb, dict) or nb.get("nbformat") != 4 or not isinstance(nb.get("cells"), list):
+        raise ValueError("expected a dict with nbformat 4 and a list of cells")
+    out = []
+    for cell in nb["cells"]:
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code" or is_test_cell(cell):
+            continue
+        src = cell.get("source", "")
+        out.append("".join(src) if isinstance(src, list) else str(src))
+    return out
+
+
+def feedback(e: BaseException, test: dict) -> str:
+    """One line for the student: the failing assertion (its message or its source line) or the error."""
+    if isinstance(e, StudentError):
+        return f"your code raised {e}"[:600]
+    if isinstance(e, TimeoutError):
+        return f"timed out: {e}"[:600]
+    if isinstance(e, KernelUnavailable):
+        return f"no answer from your kernel: {e}"[:600]
+    line = ""
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        if frame.filename == f"<test {test['grade_id']}>":
+            lines = test["code"].splitlines()
+            if 0 < (frame.lineno or 0) <= len(lines):
+                line = lines[frame.lineno - 1].strip()
+            break
+    msg = str(e)
+    if isinstance(e, AssertionError):
+        return (f"test failed: {msg}" if msg else f"test failed: {line}")[:600]
+    return f"{type(e).__name__}: {msg}"[:400] + (f" (at: {line})" if line else "")
+
+
+def main() -> None:
+    job = json.loads(sys.stdin.read())
+    sys.stdin.close()
+    become_subreaper()
+
+    def load_torch() -> None:  # the tests need torch; import it while the kernel starts
+        import torch
+        torch.set_num_threads(int(job.get("threads", 1)))
+
+    threading.Thread(target=load_torch, daemon=True).start()
+    try:
+        result = Grader(job).grade()
+    except Exception as e:  # noqa: BLE001 - a grader bug must still give a row
+        result = {"status": "error", "reason": f"grader error: {type(e).__name__}: {e}"[:500], "questions": {}, "cells": []}
+    end_processes(None, token=None)
+    sys.stdout.write(json.dumps(result))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
