@@ -136,7 +136,7 @@ def test_load_brain_disk_cache(tmp_path, monkeypatch):
     saved = brain_module._CACHE.pop(4, None)
     try:
         a = data.load_brain(4)
-        assert (tmp_path / "c" / "mni152_2009a_4mm_v1.npz").is_file()
+        assert (tmp_path / "c" / "mni152_2009a_4mm_v2.npz").is_file()
         brain_module._CACHE.pop(4)
         b = data.load_brain(4)  # from disk
         assert torch.equal(a.image, b.image) and torch.equal(a.labels, b.labels)

@@ -147,28 +147,24 @@ def _fill_holes(mask: np.ndarray, ndi) -> np.ndarray:
 
 
 def _build_1mm() -> dict[str, np.ndarray]:
-    """Read the template, derive mask, tissues and labels, crop; all as numpy arrays at 1 mm."""
+    """Read the template, derive the brain mask and crop; compact numpy arrays at 1 mm (uint8 as in
+    the files, the mask as bool: about 20 MB kept in memory for the other resolutions)."""
     from scipy import ndimage as ndi
 
     folder = template_dir()
     t1, affine = _read_canonical(folder / TEMPLATE_FILES["t1"])
     gm, _ = _read_canonical(folder / TEMPLATE_FILES["gm"])
     wm, _ = _read_canonical(folder / TEMPLATE_FILES["wm"])
-    t1 = t1.astype(np.float32) / 255.0
-    gm = gm.astype(np.float32) / 255.0
-    wm = wm.astype(np.float32) / 255.0
-    brain = _fill_holes(_close(((t1 > 0) | (gm + wm >= 0.5))), ndi)
+    brain = (t1 > 0) | (gm.astype(np.float32) + wm.astype(np.float32) >= 0.5 * 255)
+    brain = _fill_holes(_close(brain), ndi)
 
     idx = np.argwhere(brain)
     centre = (idx.min(0) + idx.max(0)) / 2.0
     start = [int(np.floor(c - (n - 1) / 2.0)) for c, n in zip(centre, CROP_SHAPE_MM)]
     shift = np.eye(4)
     shift[:3, 3] = start
-    crop = lambda a: _crop(a, start, CROP_SHAPE_MM)  # noqa: E731
-    t1, gm, wm, brain = crop(t1), crop(gm), crop(wm), crop(brain)
-    gm, wm = gm * brain, wm * brain
-    csf = np.clip(1.0 - gm - wm, 0.0, 1.0) * brain
-    return {"t1": t1, "tissues": np.stack([csf, gm, wm]).astype(np.float32), "brain": brain.astype(np.float32),
+    return {"t1": _crop(t1.astype(np.uint8), start, CROP_SHAPE_MM), "gm": _crop(gm.astype(np.uint8), start, CROP_SHAPE_MM),
+            "wm": _crop(wm.astype(np.uint8), start, CROP_SHAPE_MM), "brain": _crop(brain, start, CROP_SHAPE_MM),
             "affine": affine @ shift}
 
 
@@ -180,9 +176,13 @@ def _build(resolution: int) -> Volume:
         _BASE.update(_build_1mm())
     base = _BASE
     r = resolution
-    t1 = _block_mean(base["t1"], r)
-    tissues = np.stack([_block_mean(p, r) for p in base["tissues"]])
-    brain = _block_mean(base["brain"], r) >= 0.5
+    brain1 = base["brain"].astype(np.float32)
+    gm = base["gm"].astype(np.float32) / 255.0 * brain1
+    wm = base["wm"].astype(np.float32) / 255.0 * brain1
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0) * brain1
+    t1 = _block_mean(base["t1"].astype(np.float32) / 255.0, r)
+    tissues = np.stack([_block_mean(p, r) for p in (csf, gm, wm)])
+    brain = _block_mean(brain1, r) >= 0.5
     tissues = tissues * brain
     # renormalise the probabilities inside the brain so they sum to 1
     total = tissues.sum(0, keepdims=True)
@@ -219,7 +219,7 @@ def _disk_load(resolution: int) -> Volume | None:
     folder = _cache_dir()
     if folder is None:
         return None
-    path = folder / f"mni152_2009a_{resolution}mm_v1.npz"
+    path = folder / f"mni152_2009a_{resolution}mm_v2.npz"
     try:
         with np.load(path) as z:
             return Volume(
@@ -237,10 +237,10 @@ def _disk_save(resolution: int, vol: Volume) -> None:
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".mni152_2009a_{resolution}mm_v1.{os.getpid()}.npz"
+        tmp = folder / f".mni152_2009a_{resolution}mm_v2.{os.getpid()}.npz"
         np.savez(tmp, image=vol.image.numpy(), labels=vol.labels.to(torch.uint8).numpy(), affine=vol.affine.numpy(),
                  spacing=np.asarray(vol.spacing), tissues=vol.tissues.numpy())
-        os.replace(tmp, folder / f"mni152_2009a_{resolution}mm_v1.npz")
+        os.replace(tmp, folder / f"mni152_2009a_{resolution}mm_v2.npz")
     except OSError:  # read-only home, full disk, ...: the in-memory cache is enough
         pass
 
