@@ -354,6 +354,7 @@ def test_pair_dataset_3d_and_dataloader():
     f, m, u = it["fixed_labels"][None], it["moving_labels"][None], it["dvf"][None]
     assert torch.equal(regedu.warp(m, u, mode="nearest"), f)
     assert float(regedu.dice(f, m)) < 0.95
+    assert float(regedu.folding_fraction(u)) == 0.0  # the B-spline velocity of eval mode is diffeomorphic too
     loader = torch.utils.data.DataLoader(data.PairDataset(size=4, seed=1), batch_size=2)
     batch = next(iter(loader))
     assert batch["fixed"].shape == (2, 1, 96, 80) and batch["dvf"].shape == (2, 2, 96, 80)
