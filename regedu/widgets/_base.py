@@ -152,7 +152,8 @@ class FigureWidget:
     def __init__(self, figsize: tuple[float, float], dpi: int = 72) -> None:
         self.figure = Figure(figsize=figsize, dpi=dpi)
         FigureCanvasAgg(self.figure)
-        self.image = ipywidgets.Image(format="png")
+        # flex-start: shown at its natural size (not stretched to the notebook's width), shrunk if narrower
+        self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(align_self="flex-start", max_width="100%"))
         self.info = ipywidgets.HTML()
         self.status = ipywidgets.HTML()
         self.displayed: dict[str, Any] = {}
@@ -325,7 +326,7 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 
 def slider(description: str, value: float, lo: float, hi: float, step: float, integer: bool = False,
-           readout_format: str = ".2f", width: str = "320px") -> ipywidgets.ValueWidget:
+           readout_format: str = ".2f", width: str = "380px") -> ipywidgets.ValueWidget:
     """A labelled slider with continuous updates and room for its description."""
     common = dict(value=value, min=lo, max=hi, step=step, description=description, continuous_update=True,
                   style={"description_width": "110px"}, layout=ipywidgets.Layout(width=width))

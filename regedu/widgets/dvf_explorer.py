@@ -77,7 +77,7 @@ class DVFExplorer(FigureWidget):
         ctl = self._add_control
         model_ctl = ctl("model", ipywidgets.Dropdown(
             options=[("smooth noise (Gaussian)", "gaussian"), ("B-spline control grid", "bspline")], value=model,
-            description="model", style={"description_width": "110px"}, layout=ipywidgets.Layout(width="320px")))
+            description="model", style={"description_width": "110px"}, layout=ipywidgets.Layout(width="380px")))
         controls = ipywidgets.HBox([
             ipywidgets.VBox([
                 model_ctl,

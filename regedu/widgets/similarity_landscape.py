@@ -18,7 +18,6 @@ Maes et al., 1997). Local optima (small circles) are where a gradient-based opti
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import ipywidgets

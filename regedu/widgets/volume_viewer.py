@@ -140,7 +140,7 @@ class VolumeViewer(FigureWidget):
             n = self.shape[axis]
             sliders.append(ctl(view, slider(f"{view} (axis {axis})", n // 2, 0, n - 1, 1, integer=True)))
         mode_ctl = ctl("mode", ipywidgets.Dropdown(options=list(modes), value=mode, description="mode",
-                                                   style={"description_width": "110px"}, layout=ipywidgets.Layout(width="320px")))
+                                                   style={"description_width": "110px"}, layout=ipywidgets.Layout(width="380px")))
         mode_ctl.disabled = self.moved is None
         side = [mode_ctl, ctl("checker", slider("checker (vox)", int(checker), 2, 32, 1, integer=True))]
         has_labels = self.labels is not None or self.moved_labels is not None
