@@ -34,7 +34,7 @@ from .._checks import check_tensor
 # --------------------------------------------------------------------------------------------
 
 def as_image(fn: str, name: str, x: object, ndim: int = 2) -> torch.Tensor:
-    """``x`` as a float tensor ``(1, 1, *spatial)`` with ``ndim`` spatial dimensions.
+    """``x`` as a float tensor ``(1, 1, *spatial)`` on the CPU with ``ndim`` spatial dimensions.
 
     Accepts a torch tensor or a NumPy array of shape ``spatial``, ``(1, *spatial)`` or
     ``(1, 1, *spatial)``, or an object with an ``image`` attribute (``regedu.data.Volume``).
@@ -51,7 +51,8 @@ def as_image(fn: str, name: str, x: object, ndim: int = 2) -> torch.Tensor:
         )
     if min(x.shape[-ndim:]) < 2:
         raise ValueError(f"{fn}: {name} must be at least 2 voxels along every axis, got shape {tuple(x.shape)}")
-    x = x.detach().reshape(1, 1, *x.shape[-ndim:])
+    # widgets compute on the CPU: at display sizes a GPU round trip per slider move costs more than it saves
+    x = x.detach().to("cpu").reshape(1, 1, *x.shape[-ndim:])
     x = x.float() if not x.is_floating_point() else x
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{fn}: {name} contains NaN or infinite values; expected finite numbers")
@@ -71,7 +72,7 @@ def as_dvf(fn: str, name: str, u: object, spatial: Sequence[int]) -> torch.Tenso
             f"{fn}: {name} must be one displacement field of shape (1, {ndim}, {_spatial_name(ndim)[1:]} "
             f"or ({ndim}, {_spatial_name(ndim)[1:]}, got shape {tuple(u.shape)}"
         )
-    return u.detach().float()
+    return u.detach().to("cpu", torch.float32)
 
 
 def _spatial_name(ndim: int) -> str:
