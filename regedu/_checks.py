@@ -83,17 +83,18 @@ def check_dvf(fn: str, name: str, dvf: object, spatial: Sequence[int] | None = N
     return dvf
 
 
-def check_same_spatial(fn: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
-    """Raise unless ``a`` and ``b`` have the same spatial size and compatible batch sizes."""
+def check_same_spatial(fn: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, hint: str = "") -> None:
+    """Raise unless ``a`` and ``b`` are both 2D or both 3D, with the same spatial size and compatible
+    batch sizes. ``hint`` (e.g. how to resample) is appended to the size-mismatch message."""
     if a.dim() != b.dim():
         raise ValueError(
-            f"{fn}: {name_a} and {name_b} must have the same number of dimensions, "
-            f"got {name_a} {_shape(a)} and {name_b} {_shape(b)}"
+            f"{fn}: {name_a} and {name_b} must have the same number of spatial dimensions, "
+            f"got {name_a} {_shape(a)} ({a.dim() - 2}D) and {name_b} {_shape(b)} ({b.dim() - 2}D)"
         )
     if a.shape[2:] != b.shape[2:]:
         raise ValueError(
             f"{fn}: {name_a} and {name_b} must have the same spatial size, "
-            f"got {name_a} {tuple(a.shape[2:])} and {name_b} {tuple(b.shape[2:])}"
+            f"got {name_a} {tuple(a.shape[2:])} and {name_b} {tuple(b.shape[2:])}" + (f"; {hint}" if hint else "")
         )
     if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
         raise ValueError(

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import transforms
-from ._checks import _shape, check_affine, check_choice, check_dvf, check_image
+from ._checks import _shape, check_affine, check_choice, check_dvf, check_image, check_same_spatial
 from .filters import gaussian_blur
 
 MODES = ("linear", "bilinear", "trilinear", "nearest", "bicubic")
@@ -109,19 +109,8 @@ def warp(image: torch.Tensor, dvf: torch.Tensor, mode: str = "linear", padding_m
     """
     image = check_image("warp", "image", image)
     dvf = check_dvf("warp", "dvf", dvf)
-    if image.dim() != dvf.dim():
-        raise ValueError(
-            f"warp: image and dvf must have the same number of spatial dimensions, got image {_shape(image)} "
-            f"({image.dim() - 2}D) and dvf {_shape(dvf)} ({dvf.dim() - 2}D)"
-        )
-    if image.shape[2:] != dvf.shape[2:]:
-        raise ValueError(
-            f"warp: image and dvf must have the same spatial size, got image {tuple(image.shape[2:])} and "
-            f"dvf {tuple(dvf.shape[2:])}; resample one of them first (regedu.resize / regedu.resize_dvf)"
-        )
+    check_same_spatial("warp", "image", image, "dvf", dvf, hint="resample one of them first (regedu.resize / regedu.resize_dvf)")
     if image.shape[0] != dvf.shape[0]:
-        if image.shape[0] != 1 and dvf.shape[0] != 1:
-            raise ValueError(f"warp: image and dvf must have the same batch size (or 1), got {image.shape[0]} and {dvf.shape[0]}")
         b = max(image.shape[0], dvf.shape[0])
         image = image.expand(b, *image.shape[1:])
         dvf = dvf.expand(b, *dvf.shape[1:])

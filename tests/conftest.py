@@ -1,9 +1,53 @@
 """Shared pytest fixtures."""
 
+import ipaddress
+import socket
+
 import pytest
-import torch
 
 import regedu
+
+_LOCAL_NAMES = {"localhost", "localhost.localdomain", ""}
+
+
+def _is_local(address) -> bool:
+    """Unix sockets and loopback addresses (JupyterLab, kernels, the browser test) are allowed."""
+    if not isinstance(address, tuple):
+        return True  # AF_UNIX path
+    host = str(address[0]).strip("[]").lower()
+    if host in _LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """The course must work offline: any test that connects to a non-loopback address fails."""
+    real_connect, real_connect_ex, real_create = socket.socket.connect, socket.socket.connect_ex, socket.create_connection
+
+    def guard(address):
+        if not _is_local(address):
+            raise AssertionError(f"a test tried to open a network connection to {address!r}; the course must work offline")
+
+    def connect(self, address):
+        guard(address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        guard(address)
+        return real_connect_ex(self, address)
+
+    def create_connection(address, *args, **kwargs):
+        guard(address)
+        return real_create(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    yield
 
 
 @pytest.fixture(autouse=True)

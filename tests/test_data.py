@@ -1,10 +1,10 @@
 """Tests of regedu.data: the brain template, slices, head MRI, shapes, synthetic subjects and pairs,
 the T2-like contrast and digits. NIfTI I/O is tested in test_data_nifti.py.
 
-Every test runs offline: the autouse fixture makes any attempt to open a network connection fail.
+Every test runs offline: conftest.py makes any attempt to open a non-loopback connection fail
+(tests/test_offline_guard.py checks the guard itself).
 """
 
-import socket
 import subprocess
 import sys
 
@@ -18,28 +18,10 @@ from regedu.data import brain as brain_module
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    """No network (a test that connects anywhere fails) and no writes to the user's cache folder."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"regedu.data tried to open a network connection: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+def _private_cache(monkeypatch, tmp_path):
+    """No writes to the user's cache folder (the network guard is in conftest.py, for every test)."""
     monkeypatch.setenv("REGEDU_CACHE", str(tmp_path / "cache"))
     yield
-
-
-def test_offline_guard_works():
-    with pytest.raises(AssertionError, match="network"):
-        socket.create_connection(("example.org", 80), timeout=1)
-    s = socket.socket()
-    try:
-        with pytest.raises(AssertionError, match="network"):
-            s.connect(("127.0.0.1", 9))
-    finally:
-        s.close()
 
 
 # ----------------------------------------------------------------------------- brain template

@@ -67,5 +67,5 @@ def test_bspline_spacing_too_large():
 
 
 def test_batch_mismatch():
-    with pytest.raises(ValueError, match=r"warp: image and dvf must have the same batch size \(or 1\), got 2 and 3"):
+    with pytest.raises(ValueError, match=r"warp: image and dvf must have the same batch size \(or one of them 1\), got 2 and 3"):
         regedu.warp(torch.rand(2, 1, 8, 8), torch.zeros(3, 2, 8, 8))
