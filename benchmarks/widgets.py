@@ -24,6 +24,7 @@ import regedu
 from regedu import data
 from regedu.utils import describe_device
 from regedu.widgets import AffineExplorer, DVFExplorer, RegistrationPlayback, SimilarityLandscape, VolumeViewer
+from regedu.widgets._base import FigureWidget
 
 TARGET_MS = 100.0
 
@@ -59,7 +60,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20, help="slider moves per widget (default 20)")
     parser.add_argument("--size", type=int, default=128, help="2D image size (default 128)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads during an update (default: the widgets' setting, FigureWidget.threads = 1; "
+                             "0 = leave torch's own setting)")
     args = parser.parse_args()
+    if args.threads is not None:
+        FigureWidget.threads = args.threads or None
 
     print(f"building the widgets ({args.size}x{args.size}) ...", flush=True)
     all_cases = cases(args.size)
@@ -85,7 +91,8 @@ def main() -> None:
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"\ndevice: {describe_device(torch.device('cpu'))}, CPU cores: {os.cpu_count()}, "
-          f"load average (1 min): {load[0]:.1f}, updates run torch with {AffineExplorer.threads} thread(s)")
+          f"load average (1 min): {load[0]:.1f}, updates run torch with "
+          f"{FigureWidget.threads or torch.get_num_threads()} thread(s)")
     print(f"{args.repeats} slider moves per widget, interleaved; times in ms; target {TARGET_MS:.0f} ms for 2D widgets\n")
     header = f"{'widget (control moved)':44s} {'median':>7s} {'p90':>7s} {'compute':>8s} {'render':>7s} {'/target':>8s}  verdict"
     print(header)
