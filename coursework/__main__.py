@@ -44,10 +44,15 @@ def cmd_grade(args) -> int:
         sys.exit(f"grade: {root} is not a folder of submissions (<student>/<assignment>.ipynb)")
     out = Path(args.out)
     subs = find_submissions(root, list(assignments))
-    import regedu
-    guard = Guard([ROOT, Path(regedu.__file__).parent], skip=[out.resolve(), root.resolve()])
     grader = BatchGrader(assignments, _limits(args, list(assignments)), jobs=args.jobs, isolation=args.isolation,
                          hide=[ROOT, out.resolve(), root.resolve()], threads=args.threads)
+    guard = None
+    if grader.isolation == "process":  # kernels could write the course: snapshot it, restore and flag changes
+        import regedu
+
+        print("warning: no namespace sandbox here; submissions run as your user. Do not edit coursework/ or regedu/ "
+              "while grading: any change is undone and blamed on the submission being graded.")
+        guard = Guard([ROOT, Path(regedu.__file__).parent], skip=[out.resolve(), root.resolve()])
     try:
         rows = grader.grade(subs, guard=guard)
     finally:

@@ -69,8 +69,10 @@ def find_submissions(root: Path, assignments: list[str]) -> list[tuple[str, str,
 class Guard:
     """Snapshot of the files a submission must not change; verify() restores and reports changes.
 
-    With the namespace sandbox these files are read-only or invisible to the kernel and the guard
-    never fires; it is the safety net for the process-only fallback (macOS, locked-down Linux).
+    Only used with the process-only fallback (macOS, Linux without user namespaces), where a kernel
+    runs as the grader's user and could write the course. (With the namespace sandbox these files are
+    read-only or invisible to the kernel.) Grading is serial in that mode, so a change is blamed on
+    the submission that was running. Do not edit the course while grading in that mode.
     """
 
     def __init__(self, folders: list[Path], skip: list[Path]):

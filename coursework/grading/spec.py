@@ -3,7 +3,9 @@
 nbgrader's cell metadata decides everything (``metadata.nbgrader``, schema version 3):
 
 * an *autograded answer* cell (``solution: true, grade: false``) holds the student's code; the
-  functions and classes it defines at top level are the names the tests may call;
+  functions and classes it defines at top level are names the tests may call;
+* a *read-only* code cell (``locked: true``) may define helpers the tests call in the student's kernel
+  (e.g. a reference network to train); whatever comes back is checked in the grader;
 * an *autograder test* cell (``grade: true, solution: false``, with ``points``) is one graded
   question: all its points if it runs without an exception, none otherwise (as in nbgrader).
 """
@@ -34,7 +36,7 @@ class Assignment:
     name: str
     path: Path
     tests: list[Test]
-    student_names: list[str]       # functions / classes defined by the solution cells
+    student_names: list[str]       # functions / classes defined by solution cells and read-only cells
     max_points: float = field(init=False)
 
     def __post_init__(self):
@@ -50,6 +52,11 @@ def nbgrader_meta(cell) -> dict:
 def is_test_cell(cell) -> bool:
     m = nbgrader_meta(cell)
     return cell.get("cell_type") == "code" and bool(m.get("grade")) and not m.get("solution")
+
+
+def is_locked_code_cell(cell) -> bool:
+    m = nbgrader_meta(cell)
+    return cell.get("cell_type") == "code" and bool(m.get("locked")) and not m.get("grade") and not m.get("solution")
 
 
 def is_solution_cell(cell) -> bool:
@@ -95,7 +102,7 @@ def load_assignment(path: str | Path) -> Assignment:
     nb = nbformat.read(path, as_version=4)
     tests, names = [], []
     for cell in nb.cells:
-        if is_solution_cell(cell):
+        if is_solution_cell(cell) or is_locked_code_cell(cell):
             names += [n for n in defined_names(cell.source) if n not in names]
         elif is_test_cell(cell):
             m = nbgrader_meta(cell)
@@ -120,5 +127,5 @@ def check_assignment(a: Assignment) -> list[str]:
         unknown = free_names(t.code) - set(a.student_names)
         if unknown:
             problems.append(f"{a.name}/{t.grade_id}: test uses names that it does not define or import and that no "
-                            f"solution cell defines as a function or class: {', '.join(sorted(unknown))}")
+                            f"solution or read-only cell defines as a function or class: {', '.join(sorted(unknown))}")
     return problems
