@@ -13,6 +13,8 @@ learned similarity network), the regulariser :math:`R` with its weight :math:`\l
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 from typing import Any, Callable, Sequence
@@ -31,12 +33,13 @@ from .result import RegistrationResult
 # Defaults per transformation model, chosen so that the notebook one-liners work well on 2D brain
 # slices of about 128^2 voxels and small 3D volumes (see benchmarks/iterative.py).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "translation": dict(iterations=(100, 60, 30), lr=0.02, regulariser=None),
-    "rigid": dict(iterations=(100, 60, 30), lr=0.02, regulariser=None),
-    "affine": dict(iterations=(100, 60, 30), lr=0.01, regulariser=None),
-    "bspline": dict(iterations=(100, 80, 50), lr=0.2, regulariser="bending"),
-    "dense": dict(iterations=(100, 80, 50), lr=0.2, regulariser="diffusion"),
-    "svf": dict(iterations=(100, 80, 50), lr=0.2, regulariser="diffusion"),
+    # optimiser: the default optimiser; "adam"/"lbfgs": (iterations per level, coarse to fine; lr)
+    "translation": dict(optimiser="adam", adam=((100, 60, 30), 0.02), lbfgs=((20, 10, 5), 1.0), regulariser=None),
+    "rigid": dict(optimiser="adam", adam=((100, 60, 30), 0.02), lbfgs=((20, 10, 5), 1.0), regulariser=None),
+    "affine": dict(optimiser="adam", adam=((100, 60, 30), 0.01), lbfgs=((20, 10, 5), 1.0), regulariser=None),
+    "bspline": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 20), 1.0), regulariser="bending"),
+    "dense": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 20), 1.0), regulariser="diffusion"),
+    "svf": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 20), 1.0), regulariser="diffusion"),
 }
 # regulariser weights per similarity (the similarities have different scales: MSE of [0, 1] images is
 # small, LNCC/NCC/MI losses are of order 1)
@@ -100,15 +103,30 @@ def _make_model(fn: str, transform: str | TransformationModel, shape, batch: int
         raise TypeError(f"{fn}: unknown keyword argument for transform={transform!r}: {err}") from None
 
 
-def _make_optimiser(fn: str, optimiser, params, lr: float) -> torch.optim.Optimizer:
+def _optimiser_key(fn: str, optimiser) -> str:
+    """``"adam"``, ``"lbfgs"``, ... for a name, ``"custom"`` for a class; raises for anything else."""
     if isinstance(optimiser, str):
         key = optimiser.lower()
         if key not in OPTIMISERS:
             raise ValueError(f"{fn}: optimiser must be one of {', '.join(repr(k) for k in OPTIMISERS)} or a torch.optim class, got {optimiser!r}")
-        optimiser = OPTIMISERS[key]
+        return key
     if not callable(optimiser):
         raise TypeError(f"{fn}: optimiser must be a name or a torch.optim.Optimizer class, got {type(optimiser).__name__}")
-    return optimiser(params, lr=lr)
+    return "custom"
+
+
+class _Stop(Exception):
+    """Raised inside the optimisation when the callback asks to stop."""
+
+
+def _make_optimiser(optimiser, key: str, params, lr: float, evaluations: int) -> torch.optim.Optimizer:
+    if key == "lbfgs":
+        # one call of step() runs the whole level: quasi-Newton iterations with a strong-Wolfe line
+        # search, at most `evaluations` evaluations of loss and gradient (each one is an "iteration")
+        return torch.optim.LBFGS(params, lr=lr, max_iter=evaluations, max_eval=evaluations,
+                                 line_search_fn="strong_wolfe", history_size=20)
+    cls = OPTIMISERS[key] if key != "custom" else optimiser
+    return cls(params, lr=lr)
 
 
 def _similarity_name(similarity) -> str:
@@ -174,6 +192,27 @@ def _total_matrix(A: torch.Tensor, init) -> torch.Tensor:
     return init[1] @ A
 
 
+SMALL_PROBLEM_VOXELS = 2**18
+
+
+@contextlib.contextmanager
+def _threads_for(device: torch.device, voxels: int):
+    """Run small CPU problems on one thread.
+
+    Below ``SMALL_PROBLEM_VOXELS`` voxels per image every operation is so short that splitting it over
+    threads costs more than it gains (on a busy machine, much more); the setting is restored after.
+    """
+    if device.type != "cpu" or voxels >= SMALL_PROBLEM_VOXELS or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def register(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -186,7 +225,7 @@ def register(
     lr: float | Sequence[float] | None = None,
     mask: torch.Tensor | None = None,
     init: RegistrationResult | torch.Tensor | None = None,
-    optimiser: str | type[torch.optim.Optimizer] = "adam",
+    optimiser: str | type[torch.optim.Optimizer] | None = None,
     progress: bool = True,
     callback: Callback | None = None,
     snapshot_every: int = 0,
@@ -312,13 +351,17 @@ def register(
             f"{fn}: levels={levels} makes the coarsest level {shapes[0]} smaller than {MIN_LEVEL_SIZE} voxels along an axis; "
             f"use levels <= {_max_levels(shape)} for an image of shape {shape}"
         )
-    default_iters = list(defaults["iterations"])
+    if optimiser is None:
+        optimiser = defaults["optimiser"]
+    opt_key = _optimiser_key(fn, optimiser)
+    default_iters, default_lr = defaults["lbfgs" if opt_key == "lbfgs" else "adam"]
+    default_iters = list(default_iters)
     if iterations is None:
         iterations = default_iters[-levels:] if levels <= len(default_iters) else [default_iters[0]] * (levels - len(default_iters)) + default_iters
     iters = _per_level(fn, "iterations", iterations, levels, int)
     if any(i < 0 for i in iters):
         raise ValueError(f"{fn}: iterations must be >= 0, got {iterations!r}")
-    lrs = _per_level(fn, "lr", defaults["lr"] if lr is None else lr, levels, float)
+    lrs = _per_level(fn, "lr", default_lr if lr is None else lr, levels, float)
     if any(not (v > 0 and math.isfinite(v)) for v in lrs):
         raise ValueError(f"{fn}: lr must be positive, got {lr!r}")
     if not isinstance(snapshot_every, int) or snapshot_every < 0:
@@ -364,56 +407,68 @@ def register(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(iters), desc=f"register ({name}, {sim_name})", disable=not progress, leave=False)
-    step = 0
-    stop = False
-    try:
+    counter: dict[str, Any] = {"step": 0, "it": 0, "stopped": False}
+
+    def evaluate(level: int, f_l, m_l, k_l, init_l, opt) -> torch.Tensor:
+        """One evaluation of loss and gradient: records the history, takes snapshots, calls the callback."""
+        opt.zero_grad()
+        moved, field = transformed(m_l, init_l)
+        sim = loss_fn(f_l, moved, mask=k_l) if k_l is not None else loss_fn(f_l, moved)
+        if not isinstance(sim, torch.Tensor) or sim.numel() != 1:
+            got = type(sim).__name__ + ("" if not isinstance(sim, torch.Tensor) else f" of shape {tuple(sim.shape)}")
+            raise ValueError(f"{fn}: the similarity loss must return a scalar tensor, got {got}")
+        sim = sim.reshape(())
+        reg = weight * reg_fn(field) if field is not None else torch.zeros((), device=device, dtype=dtype)
+        loss = sim + reg
+        it = counter["it"]
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(
+                f"{fn}: the loss became {float(loss)} at level {level}, iteration {it} "
+                f"(similarity {float(sim)}, regulariser {float(reg)}); try a smaller lr (now {lrs[level]})"
+            )
+        loss.backward()
+        loss_value = float(loss.detach())
+        history["loss"].append(loss_value)
+        history["similarity"].append(float(sim.detach()))
+        history["regulariser"].append(float(reg.detach()))
+        history["level"].append(level)
+        history["iteration"].append(counter["step"])
+        history["time"].append(time.perf_counter() - start)
+        counter["step"] += 1
+        counter["it"] += 1
+        bar.update(1)
+        if progress and (it % 10 == 0 or it == iters[level] - 1):
+            bar.set_postfix(level=level, loss=f"{loss_value:.4g}")
+        if snapshot_every and counter["step"] % snapshot_every == 0:
+            _, dvf_s, moved_s = full_resolution()
+            history["snapshots"].append((counter["step"], moved_s.detach().cpu(), dvf_s.detach().cpu()))
+        if callback is not None and callback(level, it, loss_value, model) is True:
+            raise _Stop
+        return loss
+
+    def run_levels() -> None:
         for level in range(levels):
-            if stop:
-                break
             model.set_level(shapes[level])
+            if iters[level] == 0:
+                continue
             f_l, m_l, k_l = fixed_pyr[level], moving_pyr[level], mask_pyr[level]
             init_l = _init_at(init_t, shape, shapes[level])
-            opt = _make_optimiser(fn, optimiser, model.parameters(), lrs[level])
-            for it in range(iters[level]):
-                record: dict[str, torch.Tensor] = {}
+            opt = _make_optimiser(optimiser, opt_key, model.parameters(), lrs[level], iters[level])
+            closure = functools.partial(evaluate, level, f_l, m_l, k_l, init_l, opt)
+            counter["it"] = 0
+            try:
+                if opt_key == "lbfgs":
+                    opt.step(closure)  # runs the whole level (at most iters[level] evaluations)
+                else:
+                    for _ in range(iters[level]):
+                        opt.step(closure)
+            except _Stop:
+                counter["stopped"] = True
+                return
 
-                def closure() -> torch.Tensor:
-                    opt.zero_grad()
-                    moved, field = transformed(m_l, init_l)
-                    sim = loss_fn(f_l, moved, mask=k_l) if k_l is not None else loss_fn(f_l, moved)
-                    if not isinstance(sim, torch.Tensor) or sim.numel() != 1:
-                        raise ValueError(f"{fn}: the similarity loss must return a scalar tensor, got "
-                                         f"{type(sim).__name__}{'' if not isinstance(sim, torch.Tensor) else ' of shape ' + str(tuple(sim.shape))}")
-                    sim = sim.reshape(())
-                    reg = weight * reg_fn(field) if field is not None else torch.zeros((), device=device, dtype=dtype)
-                    loss = sim + reg
-                    if not bool(torch.isfinite(loss)):
-                        raise FloatingPointError(
-                            f"{fn}: the loss became {float(loss)} at level {level}, iteration {it} "
-                            f"(similarity {float(sim)}, regulariser {float(reg)}); try a smaller lr (now {lrs[level]})"
-                        )
-                    loss.backward()
-                    record["loss"], record["sim"], record["reg"] = loss.detach(), sim.detach(), reg.detach()
-                    return loss
-
-                opt.step(closure)
-                loss_value = float(record["loss"])
-                history["loss"].append(loss_value)
-                history["similarity"].append(float(record["sim"]))
-                history["regulariser"].append(float(record["reg"]))
-                history["level"].append(level)
-                history["iteration"].append(step)
-                history["time"].append(time.perf_counter() - start)
-                step += 1
-                bar.update(1)
-                if progress and (it % 10 == 0 or it == iters[level] - 1):
-                    bar.set_postfix(level=level, loss=f"{loss_value:.4g}")
-                if snapshot_every and step % snapshot_every == 0:
-                    _, dvf_s, moved_s = full_resolution()
-                    history["snapshots"].append((step, moved_s.detach().cpu(), dvf_s.detach().cpu()))
-                if callback is not None and callback(level, it, loss_value, model) is True:
-                    stop = True
-                    break
+    try:
+        with _threads_for(device, math.prod(shape)):
+            run_levels()
     finally:
         bar.close()
 
@@ -429,5 +484,5 @@ def register(
         transform=name,
         model=model,
         velocity=velocity,
-        stopped_early=stop,
+        stopped_early=counter["stopped"],
     )
