@@ -1,0 +1,369 @@
+r"""Registration networks: a U-Net that predicts a displacement (or velocity) field, an affine
+regression network, and a multi-stage chain (affine, then deformable, coarse to fine).
+
+Every network maps a pair ``(fixed, moving)`` of images ``(B, C, *spatial)`` (2D or 3D) to a
+**registration output**, a dict with
+
+* ``"dvf"``: the pull-back displacement ``u`` ``(B, ndim, *spatial)`` in voxels, such that
+  ``moved = warp(moving, u)`` is aligned with ``fixed`` (:math:`M \circ \varphi`, :math:`\varphi = \mathrm{Id} + u`);
+* ``"moved"``: ``warp(moving, u)``;
+* ``"regularise"``: the list of fields the smoothness term acts on (the velocity of a diffeomorphic
+  model, the DVF of a plain one, nothing for an affine stage);
+* optionally ``"velocity"`` (diffeomorphic models), ``"matrix"`` (affine models, ``(B, ndim+1, ndim+1)``
+  mapping fixed voxels to moving voxels) and ``"stages"`` (a chain's per-stage outputs).
+
+The objectives in :mod:`regedu.learning.objectives` and the loop in :mod:`regedu.learning.train`
+only rely on these keys, so any model that returns them can be trained.
+
+References: Ronneberger et al. (2015), U-Net; Balakrishnan et al. (2019), VoxelMorph, IEEE TMI;
+Dalca et al. (2018), diffeomorphic VoxelMorph (scaling and squaring), MICCAI; de Vos et al. (2019),
+A deep learning framework for unsupervised affine and deformable image registration (DLIR), MedIA.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import transforms
+from .._checks import check_choice, check_image, check_same_spatial
+from ..fields import compose, integrate_velocity
+from ..spatial_transformer import affine_to_dvf, affine_warp, resize, resize_dvf, warp
+
+
+def _conv(ndim: int) -> type[nn.Module]:
+    if ndim not in (2, 3):
+        raise ValueError(f"networks: ndim must be 2 or 3, got {ndim!r}")
+    return nn.Conv2d if ndim == 2 else nn.Conv3d
+
+
+def _norm(ndim: int, kind: str | None, channels: int) -> nn.Module:
+    check_choice("networks", "norm", kind if kind is not None else "none", ("none", "batch", "instance"))
+    if kind is None or kind == "none":
+        return nn.Identity()
+    if kind == "batch":
+        return (nn.BatchNorm2d if ndim == 2 else nn.BatchNorm3d)(channels)
+    return (nn.InstanceNorm2d if ndim == 2 else nn.InstanceNorm3d)(channels, affine=True)
+
+
+class ConvBlock(nn.Sequential):
+    """``conv 3^ndim (stride s) -> [norm] -> LeakyReLU(0.2)``, the building block of every network here."""
+
+    def __init__(self, ndim: int, in_channels: int, out_channels: int, stride: int = 1, norm: str | None = None):
+        super().__init__(
+            _conv(ndim)(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
+            _norm(ndim, norm, out_channels),
+            nn.LeakyReLU(0.2),
+        )
+
+
+def _check_features(fn: str, features: Sequence[int], minimum: int = 1) -> tuple[int, ...]:
+    feats = tuple(int(f) for f in features)
+    if len(feats) < minimum or min(feats) < 1:
+        raise ValueError(f"{fn}: features must be at least {minimum} positive channel counts, got {tuple(features)!r}")
+    return feats
+
+
+class UNet(nn.Module):
+    r"""U-Net encoder-decoder with skip connections (Ronneberger et al., 2015), VoxelMorph-style.
+
+    The encoder halves the resolution ``len(features) - 1`` times (stride-2 convolutions), the
+    decoder upsamples (linear interpolation to the skip's size, so any input size works), concatenates
+    the skip and convolves. A last convolution maps to ``out_channels``; its weights are drawn from
+    :math:`\mathcal{N}(0, \text{final_init_std}^2)` and its bias is zero, so an untrained network
+    predicts a field of almost zero (the identity transform) and training starts from there.
+
+    Args:
+        ndim: 2 or 3 spatial dimensions.
+        in_channels: input channels (2 for a concatenated single-channel (fixed, moving) pair).
+        out_channels: output channels (default ``ndim``: one displacement per axis).
+        features: channels per resolution level, finest first, e.g. ``(16, 32, 32, 32)``
+            (3 downsamplings: the input size should be divisible by 8 for exact halving; other sizes work too).
+        decoder_features: channels of the decoder convolutions, coarsest first (default: the encoder's, reversed,
+            without the coarsest).
+        final_init_std: standard deviation of the last layer's weights.
+        norm: ``None``, ``"batch"`` or ``"instance"`` normalisation after each convolution.
+
+    Shapes: ``(B, in_channels, *spatial)`` -> ``(B, out_channels, *spatial)``.
+    """
+
+    def __init__(
+        self,
+        ndim: int,
+        in_channels: int = 2,
+        out_channels: int | None = None,
+        features: Sequence[int] = (16, 32, 32, 32),
+        decoder_features: Sequence[int] | None = None,
+        final_init_std: float = 1e-5,
+        norm: str | None = None,
+    ):
+        super().__init__()
+        conv = _conv(ndim)
+        feats = _check_features("UNet", features)
+        dec = _check_features("UNet", decoder_features) if decoder_features is not None else feats[-2::-1]
+        if len(dec) != len(feats) - 1:
+            raise ValueError(f"UNet: decoder_features must have len(features) - 1 = {len(feats) - 1} entries, got {len(dec)}")
+        out_channels = ndim if out_channels is None else int(out_channels)
+        self.ndim = ndim
+        self.config = dict(ndim=ndim, in_channels=in_channels, out_channels=out_channels, features=list(feats),
+                           decoder_features=list(dec), final_init_std=final_init_std, norm=norm)
+        self.inc = ConvBlock(ndim, in_channels, feats[0], norm=norm)
+        self.down = nn.ModuleList(ConvBlock(ndim, feats[i - 1], feats[i], stride=2, norm=norm) for i in range(1, len(feats)))
+        ups, c = [], feats[-1]
+        for level, d in zip(range(len(feats) - 2, -1, -1), dec):
+            ups.append(ConvBlock(ndim, c + feats[level], d, norm=norm))
+            c = d
+        self.up = nn.ModuleList(ups)
+        self.refine = ConvBlock(ndim, c, c, norm=norm)
+        self.head = conv(c, out_channels, kernel_size=3, padding=1)
+        nn.init.normal_(self.head.weight, std=final_init_std)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_image("UNet", "x", x, ndim=self.ndim)
+        skips = [self.inc(x)]
+        for block in self.down:
+            skips.append(block(skips[-1]))
+        y = skips.pop()
+        mode = "bilinear" if self.ndim == 2 else "trilinear"
+        for block, skip in zip(self.up, reversed(skips)):
+            y = F.interpolate(y, size=skip.shape[2:], mode=mode, align_corners=False)
+            y = block(torch.cat([y, skip], dim=1))
+        return self.head(self.refine(y))
+
+
+class ConvRegressor(nn.Module):
+    """Convolutional encoder -> adaptive average pooling to ``pool^ndim`` cells -> MLP -> ``out_features``.
+
+    Pooling to a small grid (instead of one global average) keeps *where* features are, which a
+    network needs to regress a translation. The last linear layer starts at zero weights with bias
+    ``init_bias`` (e.g. the identity transform), so the initial output does not depend on the input.
+    """
+
+    def __init__(
+        self,
+        ndim: int,
+        in_channels: int,
+        out_features: int,
+        features: Sequence[int] = (16, 32, 64, 64),
+        hidden: int = 64,
+        pool: int = 4,
+        norm: str | None = None,
+        init_bias: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        feats = _check_features("ConvRegressor", features)
+        blocks, c = [], in_channels
+        for i, f in enumerate(feats):
+            blocks.append(ConvBlock(ndim, c, f, stride=1 if i == 0 else 2, norm=norm))
+            c = f
+        self.encoder = nn.Sequential(*blocks)
+        self.pool = (nn.AdaptiveAvgPool2d if ndim == 2 else nn.AdaptiveAvgPool3d)(pool)
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(c * pool**ndim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, out_features))
+        last = self.mlp[-1]
+        nn.init.zeros_(last.weight)
+        if init_bias is None:
+            nn.init.zeros_(last.bias)
+        else:
+            with torch.no_grad():
+                last.bias.copy_(init_bias.reshape(-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.pool(self.encoder(x)))
+
+
+def _pair_input(fn: str, fixed: torch.Tensor, moving: torch.Tensor, ndim: int, channels: int) -> torch.Tensor:
+    fixed = check_image(fn, "fixed", fixed, ndim=ndim)
+    moving = check_image(fn, "moving", moving, ndim=ndim)
+    check_same_spatial(fn, "fixed", fixed, "moving", moving)
+    if fixed.shape[0] != moving.shape[0]:
+        raise ValueError(f"{fn}: fixed and moving must have the same batch size, got {fixed.shape[0]} and {moving.shape[0]}")
+    if fixed.shape[1] != channels or moving.shape[1] != channels:
+        raise ValueError(
+            f"{fn}: fixed and moving must have {channels} channel(s) each (the model's `channels`), "
+            f"got {fixed.shape[1]} and {moving.shape[1]}"
+        )
+    return torch.cat([fixed, moving], dim=1)
+
+
+class RegistrationNet(nn.Module):
+    r"""VoxelMorph-style deformable registration network (Balakrishnan et al., 2019).
+
+    A :class:`UNet` on the concatenated pair predicts a displacement field :math:`u`; a spatial
+    transformer warps the moving image, :math:`M \circ \varphi`, :math:`\varphi = \mathrm{Id} + u`.
+    With ``diffeomorphic=True`` the U-Net predicts a stationary velocity field :math:`v` instead and
+    :math:`\varphi = \exp(v)` is obtained by scaling and squaring (``integration_steps`` squarings,
+    :func:`regedu.integrate_velocity`; Dalca et al., 2018), which gives a smooth invertible deformation.
+
+    ``scale < 1`` makes the network work on images resized by ``scale`` (a coarse stage of a
+    multi-resolution chain, and much faster); the field is upsampled to the input size with
+    :func:`regedu.resize_dvf` (which rescales the voxel units).
+
+    Args:
+        ndim: 2 or 3.
+        channels: channels of each of fixed and moving (1 for grey-value images).
+        features: U-Net channels per level (see :class:`UNet`).
+        diffeomorphic: predict a velocity field and integrate it.
+        integration_steps: scaling-and-squaring steps.
+        scale: resolution factor at which the network works (0 < scale <= 1).
+        final_init_std: initial weight scale of the last layer (near zero: start at the identity).
+
+    ``forward(fixed, moving)`` returns a registration output dict (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        ndim: int = 2,
+        channels: int = 1,
+        features: Sequence[int] = (16, 32, 32, 32),
+        diffeomorphic: bool = False,
+        integration_steps: int = 7,
+        scale: float = 1.0,
+        final_init_std: float = 1e-5,
+        norm: str | None = None,
+    ):
+        super().__init__()
+        if not 0 < scale <= 1:
+            raise ValueError(f"RegistrationNet: scale must be in (0, 1], got {scale!r}")
+        self.ndim, self.channels = ndim, channels
+        self.diffeomorphic, self.integration_steps, self.scale = bool(diffeomorphic), int(integration_steps), float(scale)
+        self.unet = UNet(ndim, 2 * channels, ndim, features, final_init_std=final_init_std, norm=norm)
+        self.config = dict(ndim=ndim, channels=channels, features=list(features), diffeomorphic=bool(diffeomorphic),
+                           integration_steps=int(integration_steps), scale=float(scale), final_init_std=final_init_std, norm=norm)
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, Any]:
+        x = _pair_input("RegistrationNet", fixed, moving, self.ndim, self.channels)
+        shape = tuple(fixed.shape[2:])
+        if self.scale != 1.0:
+            x = resize(x, scale=self.scale)
+        field = self.unet(x)
+        out: dict[str, Any] = {}
+        if self.diffeomorphic:
+            out["velocity"] = field
+            dvf = integrate_velocity(field, self.integration_steps)
+        else:
+            dvf = field
+        out["regularise"] = [field]
+        if tuple(dvf.shape[2:]) != shape:
+            dvf = resize_dvf(dvf, shape)
+        out["dvf"] = dvf
+        out["moved"] = warp(moving, dvf)
+        return out
+
+
+class AffineNet(nn.Module):
+    r"""Affine registration network: regresses one global affine transform of a (fixed, moving) pair.
+
+    A convolutional encoder on the concatenated pair predicts the 6 (2D) or 12 (3D) entries of
+    PyTorch's normalised :math:`\theta = I + \Delta\theta` (last layer initialised to zero, so the
+    initial prediction is the identity); :func:`regedu.transforms.theta_to_affine` converts it to the
+    library's homogeneous voxel matrix :math:`A` (fixed voxel -> moving voxel), and the moving image
+    is warped with :func:`regedu.affine_warp`, :math:`M(Ax)`. Normalised coordinates make the
+    output scale the same for every image size. As the first stage of DLIR (de Vos et al., 2019).
+
+    ``forward(fixed, moving)`` returns a registration output with ``"matrix"`` ``(B, ndim+1, ndim+1)``,
+    ``"dvf"`` (its dense displacement, :func:`regedu.affine_to_dvf`), ``"moved"`` and an empty
+    ``"regularise"`` list.
+    """
+
+    def __init__(self, ndim: int = 2, channels: int = 1, features: Sequence[int] = (16, 32, 64, 64), hidden: int = 64,
+                 pool: int = 4, norm: str | None = None):
+        super().__init__()
+        self.ndim, self.channels = ndim, channels
+        eye = torch.eye(ndim, ndim + 1)
+        self.regressor = ConvRegressor(ndim, 2 * channels, ndim * (ndim + 1), features, hidden, pool, norm, init_bias=eye)
+        self.config = dict(ndim=ndim, channels=channels, features=list(features), hidden=hidden, pool=pool, norm=norm)
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, Any]:
+        x = _pair_input("AffineNet", fixed, moving, self.ndim, self.channels)
+        shape = tuple(fixed.shape[2:])
+        theta = self.regressor(x).reshape(-1, self.ndim, self.ndim + 1)
+        A = transforms.theta_to_affine(theta, shape)
+        return {"matrix": A, "dvf": affine_to_dvf(A, shape), "moved": affine_warp(moving, A), "regularise": []}
+
+
+class IdentityNet(nn.Module):
+    """The identity 'registration' (zero displacement): the baseline every model must beat."""
+
+    def __init__(self):
+        super().__init__()
+        self.config: dict[str, Any] = {}
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, Any]:
+        ndim = fixed.dim() - 2
+        dvf = torch.zeros(fixed.shape[0], ndim, *fixed.shape[2:], dtype=moving.dtype, device=moving.device)
+        return {"dvf": dvf, "moved": moving, "regularise": []}
+
+
+class RegistrationChain(nn.Module):
+    r"""A multi-stage registration network: each stage registers ``fixed`` to the output of the previous.
+
+    Stage ``k`` predicts :math:`u_k` from ``(fixed, moving warped by the composition so far)``; the total
+    displacement is the composition :math:`\varphi = \varphi_1 \circ \varphi_2 \circ \dots`, i.e.
+    ``u = compose(compose(u_1, u_2), u_3) ...`` with :func:`regedu.compose`, and the moving image is
+    resampled **once** with the total field (no accumulated interpolation blur), as in DLIR
+    (de Vos et al., 2019): typically an :class:`AffineNet` first, then :class:`RegistrationNet` stages
+    from coarse (``scale=0.25``) to fine (``scale=1``). Train end to end, or stage by stage by freezing
+    earlier stages (``chain.stages[0].requires_grad_(False)``).
+
+    ``stages``: a list of registration modules (or of ``{"class": name, "config": {...}}`` specs, as
+    stored in checkpoints). The output carries the first affine stage's ``"matrix"`` (if any) and
+    ``"stages"``, the list of per-stage outputs.
+    """
+
+    def __init__(self, stages: Sequence[nn.Module | dict]):
+        super().__init__()
+        if len(stages) == 0:
+            raise ValueError("RegistrationChain: stages must contain at least one registration module, got none")
+        mods = [build_model(s["class"], s["config"]) if isinstance(s, dict) else s for s in stages]
+        for k, m in enumerate(mods):
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"RegistrationChain: stages[{k}] must be an nn.Module or a spec dict, got {type(m).__name__}")
+        self.stages = nn.ModuleList(mods)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"stages": [{"class": type(s).__name__, "config": s.config} for s in self.stages]}
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, Any]:
+        total, moved, outs, reg = None, moving, [], []
+        for stage in self.stages:
+            out = stage(fixed, moved)
+            total = out["dvf"] if total is None else compose(total, out["dvf"])
+            moved = warp(moving, total)
+            outs.append(out)
+            reg.extend(out.get("regularise", []))
+        result: dict[str, Any] = {"dvf": total, "moved": moved, "regularise": reg, "stages": outs}
+        if "matrix" in outs[0]:
+            result["matrix"] = outs[0]["matrix"]
+        return result
+
+
+def multi_stage(
+    ndim: int = 2,
+    channels: int = 1,
+    affine: bool = True,
+    scales: Sequence[float] = (0.5, 1.0),
+    features: Sequence[int] = (16, 32, 32, 32),
+    diffeomorphic: bool = False,
+) -> RegistrationChain:
+    """A DLIR-style chain: an optional :class:`AffineNet`, then one :class:`RegistrationNet` per scale (coarse to fine)."""
+    stages: list[nn.Module] = [AffineNet(ndim, channels)] if affine else []
+    stages += [RegistrationNet(ndim, channels, features, diffeomorphic=diffeomorphic, scale=s) for s in scales]
+    return RegistrationChain(stages)
+
+
+def build_model(name: str, config: dict[str, Any]) -> nn.Module:
+    """Rebuild a model of this package from its class name and ``config`` (as saved in a checkpoint)."""
+    from .rl import QNetwork
+    from .similarity_net import SimilarityNet
+    from .stn import CNNClassifier, SpatialTransformer, STNClassifier
+
+    known = {c.__name__: c for c in (UNet, RegistrationNet, AffineNet, IdentityNet, RegistrationChain, SpatialTransformer,
+                                     STNClassifier, CNNClassifier, SimilarityNet, QNetwork)}
+    if name not in known:
+        raise ValueError(f"build_model: unknown model class {name!r}; known: {', '.join(sorted(known))}")
+    return known[name](**config)
