@@ -194,7 +194,7 @@ def student_cells(nb: dict) -> list[str]:
 def feedback(e: BaseException, test: dict) -> str:
     """One line for the student: the failing assertion (its message or its source line) or the error."""
     if isinstance(e, StudentError):
-        return f"your code raised {e}"[:600]
+        return f"your code raised {str(e).rstrip(': ')}"[:600]
     if isinstance(e, TimeoutError):
         return f"timed out: {e}"[:600]
     if isinstance(e, KernelUnavailable):
