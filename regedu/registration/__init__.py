@@ -5,6 +5,7 @@ transformation model (:mod:`.models`) on a resolution pyramid and returns a :cla
 :func:`demons` is the classical dense baseline (Thirion, 1998) with the same result type.
 """
 
+from .demons import demons
 from .engine import DEFAULTS, DEFAULT_WEIGHTS, register
 from .models import (
     MODELS,
@@ -20,6 +21,6 @@ from .models import (
 from .result import RegistrationResult
 
 __all__ = [
-    "register", "RegistrationResult", "DEFAULTS", "DEFAULT_WEIGHTS", "MODELS", "TransformationModel",
+    "register", "RegistrationResult", "demons", "DEFAULTS", "DEFAULT_WEIGHTS", "MODELS", "TransformationModel",
     "TranslationModel", "RigidModel", "AffineModel", "BSplineModel", "DenseModel", "SVFModel", "rescale_matrix",
 ]

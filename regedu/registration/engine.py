@@ -279,6 +279,33 @@ def register(
         >>> result = regedu.register(fixed, moving, transform="affine", similarity="mi")
         >>> deformable = regedu.register(fixed, moving, transform="svf", similarity="lncc", init=result)
     """
+    if isinstance(fixed, torch.Tensor) and fixed.dim() in (4, 5):
+        with _threads_for(fixed.device, math.prod(fixed.shape[2:])):
+            return _register(fixed, moving, transform, similarity, regulariser, weight, levels, iterations, lr, mask,
+                             init, optimiser, progress, callback, snapshot_every, **model_kwargs)
+    return _register(fixed, moving, transform, similarity, regulariser, weight, levels, iterations, lr, mask,
+                     init, optimiser, progress, callback, snapshot_every, **model_kwargs)
+
+
+def _register(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    transform: str | TransformationModel = "affine",
+    similarity: str | Callable[..., torch.Tensor] = "mse",
+    regulariser: str | Callable[[torch.Tensor], torch.Tensor] | None = "auto",
+    weight: float | None = None,
+    levels: int | None = None,
+    iterations: int | Sequence[int] | None = None,
+    lr: float | Sequence[float] | None = None,
+    mask: torch.Tensor | None = None,
+    init: RegistrationResult | torch.Tensor | None = None,
+    optimiser: str | type[torch.optim.Optimizer] | None = None,
+    progress: bool = True,
+    callback: Callback | None = None,
+    snapshot_every: int = 0,
+    **model_kwargs: Any,
+) -> RegistrationResult:
+    """Implementation of :func:`register` (arguments already documented there)."""
     fn = "register"
     start = time.perf_counter()
     fixed = check_image(fn, "fixed", fixed)
@@ -467,8 +494,7 @@ def register(
                 return
 
     try:
-        with _threads_for(device, math.prod(shape)):
-            run_levels()
+        run_levels()
     finally:
         bar.close()
 
