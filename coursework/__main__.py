@@ -45,7 +45,7 @@ def cmd_grade(args) -> int:
     out = Path(args.out)
     subs = find_submissions(root, list(assignments))
     grader = BatchGrader(assignments, _limits(args, list(assignments)), jobs=args.jobs, isolation=args.isolation,
-                         hide=[ROOT, out.resolve(), root.resolve()], threads=args.threads)
+                         threads=args.threads)
     guard = None
     if grader.isolation == "process":  # kernels could write the course: snapshot it, restore and flag changes
         import regedu

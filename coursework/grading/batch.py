@@ -101,14 +101,13 @@ class Guard:
 
 class BatchGrader:
     def __init__(self, assignments: dict[str, Assignment], limits: dict[str, Limits], jobs: int = 1,
-                 isolation: str = "auto", hide: list[Path] | None = None, threads: int = 1, log=print):
+                 isolation: str = "auto", threads: int = 1, log=print):
         self.assignments, self.limits, self.threads, self.log = assignments, limits, threads, log
         if isolation == "auto":
             isolation = "namespace" if namespaces_available() else "process"
         self.isolation = isolation
         # same-user kernels could interfere with each other: the process-only fallback grades one at a time
         self.jobs = max(1, jobs) if isolation == "namespace" else 1
-        self.hide = [str(p) for p in (hide or [])]
         self.tmp = Path(tempfile.mkdtemp(prefix="cw-"))
         self._prepare_cache()
 
@@ -141,7 +140,7 @@ class BatchGrader:
             shutil.copytree(self.cache, work / ".cache" / "regedu")
         job = dict(assignment=assignment, notebook=f"{assignment}.ipynb", workdir=str(work), conndir=str(conn),
                    tests=[asdict(t) for t in a.tests], student_names=a.student_names, limits=asdict(lim),
-                   isolation=self.isolation, hide=self.hide, threads=self.threads)
+                   isolation=self.isolation, threads=self.threads)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                    REGEDU_CACHE=str(self.cache), OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads),
                    TQDM_DISABLE="1", MPLBACKEND="Agg", COURSEWORK_GRADING="1")

@@ -7,6 +7,8 @@ kernel can be interrupted, killed and restarted without affecting the grader.
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import os
 import secrets
@@ -59,29 +61,74 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+SYSTEM = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/dev", "/sys",
+          "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/localtime", "/etc/ld.so.cache",
+          "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/fonts", "/etc/mime.types"]
+
+
+@functools.lru_cache(maxsize=1)
+def readonly_paths() -> list[str]:
+    """What the kernel may see (read-only): system folders, Python, the venv, editable installs.
+
+    Editable installs (``pip install -e``; regedu during development) live outside the venv: their
+    package folders are found in setuptools' ``__editable__`` finders and plain ``.pth`` path lines.
+    """
+    paths = [p for p in SYSTEM if os.path.lexists(p)]
+    paths += [os.path.realpath(p) for p in {sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))}]
+    for site in {p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)}:
+        for name in os.listdir(site):
+            full = os.path.join(site, name)
+            if name.startswith("__editable__") and name.endswith("_finder.py"):
+                try:
+                    tree = ast.parse(open(full).read())
+                except (OSError, SyntaxError):
+                    continue
+                for node in tree.body:
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+                    if targets and node.value is not None and any(getattr(t, "id", "") == "MAPPING" for t in targets):
+                        try:
+                            paths += [str(v) for v in ast.literal_eval(node.value).values()]
+                        except ValueError:
+                            pass
+            elif name.endswith(".pth"):
+                try:
+                    lines = open(full).read().splitlines()
+                except OSError:
+                    continue
+                paths += [line.strip() for line in lines if line.strip().startswith("/") and os.path.isdir(line.strip())]
+    out = []
+    for p in paths:  # drop duplicates and paths inside another one
+        if os.path.lexists(p) and p not in out:
+            out.append(p)
+    return [p for p in out if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in out)]
+
+
 def namespaces_available() -> bool:
     """True where the kernel can run in its own user, mount, PID and network namespaces (Linux)."""
     if not sys.platform.startswith("linux") or os.environ.get("COURSEWORK_ISOLATION") == "process":
         return False
     if shutil.which("unshare") is None or shutil.which("setpriv") is None or shutil.which("mount") is None:
         return False
-    spec = dict(writable=[], hide=[], cwd="/", env={"PATH": os.environ.get("PATH", "")},
-                cmd=[sys.executable, "-I", "-S", "-c", "print('sandbox-ok')"])
-    try:
-        out = subprocess.run([*UNSHARE, sys.executable, "-I", "-S", NSINIT, json.dumps(spec)],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="cw-probe-") as tmp:
+        os.mkdir(os.path.join(tmp, "root"))
+        spec = dict(root=os.path.join(tmp, "root"), readonly=readonly_paths(), writable=[], cwd="/",
+                    env={"PATH": os.environ.get("PATH", "")}, cmd=[sys.executable, "-I", "-S", "-c", "print('sandbox-ok')"])
+        try:
+            out = subprocess.run([*UNSHARE, sys.executable, "-I", "-S", NSINIT, json.dumps(spec)],
+                                 capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
     return out.returncode == 0 and "sandbox-ok" in out.stdout
 
 
 class Kernel:
     """One ipykernel process in a sandbox: its own session, limits, clean environment, cwd ``workdir``."""
 
-    def __init__(self, workdir: str, conndir: str, limits: Limits, isolation: str = "process",
-                 hide: list[str] | None = None, threads: int = 1):
+    def __init__(self, workdir: str, conndir: str, limits: Limits, isolation: str = "process", threads: int = 1):
         self.workdir, self.conndir, self.limits, self.threads = workdir, conndir, limits, threads
-        self.isolation, self.hide = isolation, list(hide or [])
+        self.isolation = isolation
         self.token = secrets.token_hex(16)
         self.kernel_pid: int | None = None
         self.proc: subprocess.Popen | None = None
@@ -100,14 +147,19 @@ class Kernel:
                       "--HistoryManager.enabled=False", "--IPKernelApp.capture_fd_output=False"]
         env = clean_env(self.workdir, self.token, self.threads)
         if ns:
-            spec = dict(writable=[self.workdir, self.conndir], hide=self.hide, cwd=self.workdir, env=env, cmd=kernel_cmd)
+            newroot = os.path.join(self.conndir, "root")
+            os.makedirs(newroot, exist_ok=True)
+            spec = dict(root=newroot, readonly=readonly_paths(), writable=[self.workdir, self.conndir],
+                        cwd=self.workdir, env=env, cmd=kernel_cmd)
             cmd = [*UNSHARE, sys.executable, "-I", "-S", NSINIT, json.dumps(spec)]
         else:
             cmd = kernel_cmd
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=limit_child(self.limits),
-        )
+        self.log = os.path.join(self.conndir, "kernel.log")   # start-up errors (the sandbox set-up, ipykernel)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, preexec_fn=limit_child(self.limits),
+            )
         kc = BlockingKernelClient()
         kc.load_connection_file(conn)
         # a single message larger than this drops the connection instead of filling our memory
@@ -118,7 +170,7 @@ class Kernel:
             deadline = time.monotonic() + timeout
             while True:
                 if not self.alive():
-                    raise KernelDied("the kernel exited while starting")
+                    raise KernelDied(f"the kernel exited while starting: {self.startup_log()}")
                 try:
                     kc.wait_for_ready(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
                     break
@@ -135,6 +187,13 @@ class Kernel:
             self.kernel_pid = kids[0] if kids else self.proc.pid
         else:
             self.kernel_pid = self.proc.pid
+
+    def startup_log(self) -> str:
+        try:
+            with open(self.log, "rb") as f:
+                return f.read(2000).decode(errors="replace").strip()[-500:]
+        except OSError:
+            return ""
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -1,23 +1,24 @@
-"""Set up the kernel's private view of the system, then exec the kernel without any privilege.
+"""Build the kernel's private view of the file system, then exec the kernel without any privilege.
 
 Runs as PID 1 of fresh user, mount, PID and network namespaces created by ``unshare`` (Linux), as the
-namespace's root (which is the grader's own user outside). It:
+namespace's root (the grader's own user outside). It:
 
-1. keeps the submission's work folder (and the kernel's socket folder) writable by bind-mounting
-   them onto themselves;
-2. remounts every other mount read-only: the course, the grader, the gradebook, the virtual
-   environment, the home folder, ``/tmp``;
-3. covers the folders that must stay invisible (the course's ``coursework/`` folder with the
-   sources and hidden tests, the gradebook folder) with empty read-only tmpfs mounts;
-4. drops every capability (bounding, inheritable, ambient sets) and sets no_new_privs, so the
-   submission cannot undo any of the above, then execs the kernel.
+1. builds a new root file system on an empty tmpfs holding **only** what a kernel needs, each
+   bind-mounted read-only at its usual path: the system folders (``/usr``, ``/bin``, ``/lib*``), a
+   few files of ``/etc``, the Python installation and virtual environment, and the installed course
+   library (``regedu``); plus a fresh ``/proc``, a small private ``/tmp``, and, writable, the
+   submission's work folder and the kernel's socket folder;
+2. ``pivot_root``s into it and detaches the old root: the course and its hidden tests, the grader,
+   the gradebook, other submissions, the home folder, everything else simply does not exist here;
+3. drops every capability (bounding, inheritable, ambient sets) and sets ``no_new_privs``, so the
+   submission cannot mount, unmount or remount anything, then execs the kernel.
 
 Nothing outside the namespaces is visible to the kernel's processes (PID namespace): they cannot
-signal the grader or other kernels, and they all end when the kernel (PID 1) ends. With a network
-namespace of its own the kernel has no network at all; it talks to the grader through Unix sockets.
+signal the grader or other kernels, and all of them end when the kernel (PID 1) ends. Without a
+network interface the kernel has no network; it talks to the grader through Unix sockets.
 
-Usage: ``unshare ... -- python -I nsinit.py SPEC_JSON`` (see :mod:`coursework.grading.kernel`).
-Only the standard library is used (this runs before anything else in the sandbox).
+Usage: ``unshare ... -- python -I -S nsinit.py SPEC_JSON`` (see :mod:`coursework.grading.kernel`).
+Only the standard library is used (this runs before anything of the submission).
 """
 
 import json
@@ -26,36 +27,50 @@ import subprocess
 import sys
 
 
-def mount(*args: str) -> bool:
-    return subprocess.run(["mount", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+def run(*cmd: str) -> None:
+    r = subprocess.run(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        sys.exit(f"nsinit: {' '.join(cmd)} failed: {r.stderr.strip()}")
 
 
-def mount_points() -> list[str]:
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4].encode().decode("unicode_escape")  # octal escapes such as \040
-            points.append(mp)
-    return sorted(set(points), key=len)
+def graft(path: str, root: str, writable: bool = False) -> None:
+    """Make ``path`` appear at the same place under ``root`` (symlinks are copied as symlinks)."""
+    target = root + path
+    if os.path.islink(path):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.lexists(target):
+            os.symlink(os.readlink(path), target)
+        return
+    if os.path.isdir(path):
+        os.makedirs(target, exist_ok=True)
+    elif os.path.isfile(path):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        open(target, "a").close()
+    else:
+        return
+    run("mount", "--rbind", path, target)
+    if not writable:
+        run("mount", "-o", "remount,bind,ro", target)
 
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    writable = [os.path.realpath(p) for p in spec["writable"]]
-    for d in writable:
-        if not mount("--bind", d, d):
-            sys.exit(f"nsinit: could not bind {d}")
-    if not mount("-o", "remount,bind,ro", "/"):
-        sys.exit("nsinit: could not make / read-only")
-    for mp in mount_points():
-        if mp == "/" or mp in writable or mp.startswith("/proc"):
-            continue
-        mount("-o", "remount,bind,ro", mp)  # best effort for special file systems
-    for d in spec.get("hide", []):
-        if os.path.isdir(d):
-            mount("-t", "tmpfs", "-o", "ro,size=4k,mode=0555", "tmpfs", d)
-    if spec.get("loopback"):
-        subprocess.run(["ip", "link", "set", "lo", "up"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = spec["root"]
+    run("mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", root)
+    for p in spec["readonly"]:
+        graft(p, root)
+    for d in ("proc", "tmp", "dev/shm", "oldroot"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    run("mount", "-t", "proc", "proc", os.path.join(root, "proc"))
+    run("mount", "-t", "tmpfs", "-o", "size=256m,mode=1777", "tmpfs", os.path.join(root, "tmp"))
+    run("mount", "-t", "tmpfs", "-o", "size=256m,mode=1777", "tmpfs", os.path.join(root, "dev/shm"))
+    for p in spec["writable"]:  # last: they may lie below /tmp
+        graft(p, root, writable=True)
+    run("pivot_root", root, os.path.join(root, "oldroot"))
+    os.chdir("/")
+    run("umount", "-l", "/oldroot")
+    os.rmdir("/oldroot")
+    run("mount", "-o", "remount,bind,ro", "/")
     os.chdir(spec["cwd"])
     cmd = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs", "--", *spec["cmd"]]
     os.execvpe(cmd[0], cmd, spec["env"])

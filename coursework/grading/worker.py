@@ -64,7 +64,7 @@ class Grader:
         if self.kernel is not None:
             self.kernel.kill()
         self.kernel = Kernel(self.job["workdir"], self.job["conndir"], self.limits, isolation=self.job["isolation"],
-                             hide=self.job.get("hide", []), threads=self.job.get("threads", 1))
+                             threads=self.job.get("threads", 1))
         self.kernel.start(timeout=min(120.0, self.left()))
         self.remote = Remote(self.kernel)
 
