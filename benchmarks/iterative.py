@@ -116,6 +116,9 @@ def main(argv=None) -> int:
     parser.add_argument("--similarity", default="lncc", help="regedu similarity (default lncc)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per 2D pair and method (fastest counts)")
     parser.add_argument("--resolution-3d", type=int, default=None, help="mm of the 3D volume (default 2, --quick 4)")
+    parser.add_argument("--only-3d", action="store_true", help="skip the 2D pairs")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for regedu (default 1: dipy's SyN runs on one core, so both get the same CPU)")
     args = parser.parse_args(argv)
     logging.getLogger("dipy").setLevel(logging.WARNING)
     logging.disable(logging.INFO)
@@ -123,10 +126,14 @@ def main(argv=None) -> int:
     import dipy
 
     res3d = args.resolution_3d or (4 if args.quick else 2)
+    torch.set_num_threads(args.threads)
     pairs = make_pairs(1 if args.quick else 2, 2, not args.no_3d, res3d)
+    if args.only_3d:
+        pairs = [p for p in pairs if p[0].startswith("3D")]
     cpu = torch.device("cpu")
     print(f"regedu {regedu.__version__} (torch {torch.__version__}) vs dipy {dipy.__version__} SyN")
-    print(f"CPU: {describe_device(cpu)}; regedu: register(transform={args.transform!r}, similarity={args.similarity!r}), defaults")
+    print(f"CPU: {describe_device(cpu)} for regedu, 1 thread for dipy's SyN; regedu: register(transform={args.transform!r}, "
+          f"similarity={args.similarity!r}) with its defaults")
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     if gpu is not None:
         print(f"GPU: {describe_device(gpu)}")

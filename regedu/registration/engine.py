@@ -30,16 +30,19 @@ from ..spatial_transformer import affine_to_dvf, affine_warp, image_pyramid, res
 from .models import MODELS, SVFModel, TransformationModel, rescale_matrix
 from .result import RegistrationResult
 
-# Defaults per transformation model, chosen so that the notebook one-liners work well on 2D brain
-# slices of about 128^2 voxels and small 3D volumes (see benchmarks/iterative.py).
+# Defaults per transformation model, tuned on 2D brain slices (80-192 voxels a side) and brain volumes
+# (benchmarks/iterative.py). "optimiser" is the default optimiser; "adam"/"lbfgs" give (iterations per
+# level, coarse to fine: with fewer levels the finest entries are used; learning rate) for that
+# optimiser (other optimisers use the "adam" entry). For L-BFGS an iteration is one evaluation of loss
+# and gradient (line searches included). "coarsest": the default pyramid has as many levels (at most
+# 3) as keep the coarsest level at least this many voxels along every axis.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    # optimiser: the default optimiser; "adam"/"lbfgs": (iterations per level, coarse to fine; lr)
-    "translation": dict(optimiser="adam", adam=((100, 60, 30), 0.02), lbfgs=((20, 10, 5), 1.0), regulariser=None),
-    "rigid": dict(optimiser="adam", adam=((100, 60, 30), 0.02), lbfgs=((20, 10, 5), 1.0), regulariser=None),
-    "affine": dict(optimiser="adam", adam=((100, 60, 30), 0.01), lbfgs=((20, 10, 5), 1.0), regulariser=None),
-    "bspline": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 20), 1.0), regulariser="bending"),
-    "dense": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 20), 1.0), regulariser="diffusion"),
-    "svf": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 20), 1.0), regulariser="diffusion"),
+    "translation": dict(optimiser="adam", adam=((100, 60, 30), 0.02), lbfgs=((20, 10, 5), 1.0), regulariser=None, coarsest=16),
+    "rigid": dict(optimiser="adam", adam=((100, 60, 30), 0.02), lbfgs=((20, 10, 5), 1.0), regulariser=None, coarsest=16),
+    "affine": dict(optimiser="adam", adam=((100, 60, 30), 0.01), lbfgs=((20, 10, 5), 1.0), regulariser=None, coarsest=16),
+    "bspline": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 10), 1.0), regulariser="bending", coarsest=32),
+    "dense": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 10), 1.0), regulariser="diffusion", coarsest=32),
+    "svf": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 10), 1.0), regulariser="diffusion", coarsest=32),
 }
 # regulariser weights per similarity (the similarities have different scales: MSE of [0, 1] images is
 # small, LNCC/NCC/MI losses are of order 1)
@@ -49,6 +52,8 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
 }
 DEFAULT_LEVELS = 3
 MIN_LEVEL_SIZE = 8
+# L-BFGS stops a level early when the loss changes by less than this between two iterations
+LBFGS_OPTIONS: dict[str, float] = {"tolerance_change": 1e-9}
 
 OPTIMISERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -69,9 +74,10 @@ def _level_shapes(shape: Sequence[int], levels: int) -> list[tuple[int, ...]]:
     return out[::-1]
 
 
-def _max_levels(shape: Sequence[int]) -> int:
+def _max_levels(shape: Sequence[int], coarsest: int = MIN_LEVEL_SIZE, most: int = 8) -> int:
+    """The most levels (up to ``most``) whose coarsest level keeps ``coarsest`` voxels along every axis."""
     n = 1
-    while n < 8 and min(_level_shapes(shape, n + 1)[0]) >= MIN_LEVEL_SIZE:
+    while n < most and min(_level_shapes(shape, n + 1)[0]) >= coarsest:
         n += 1
     return n
 
@@ -119,12 +125,16 @@ class _Stop(Exception):
     """Raised inside the optimisation when the callback asks to stop."""
 
 
+class _BudgetSpent(Exception):
+    """Raised when an L-BFGS line search asks for more evaluations than the level's budget."""
+
+
 def _make_optimiser(optimiser, key: str, params, lr: float, evaluations: int) -> torch.optim.Optimizer:
     if key == "lbfgs":
         # one call of step() runs the whole level: quasi-Newton iterations with a strong-Wolfe line
         # search, at most `evaluations` evaluations of loss and gradient (each one is an "iteration")
         return torch.optim.LBFGS(params, lr=lr, max_iter=evaluations, max_eval=evaluations,
-                                 line_search_fn="strong_wolfe", history_size=20)
+                                 line_search_fn="strong_wolfe", history_size=20, **LBFGS_OPTIONS)
     cls = OPTIMISERS[key] if key != "custom" else optimiser
     return cls(params, lr=lr)
 
@@ -369,7 +379,7 @@ def _register(
 
     # pyramid
     if levels is None:
-        levels = min(DEFAULT_LEVELS, _max_levels(shape))
+        levels = _max_levels(shape, defaults.get("coarsest", MIN_LEVEL_SIZE), DEFAULT_LEVELS)
     if not isinstance(levels, int) or levels < 1:
         raise ValueError(f"{fn}: levels must be a positive integer, got {levels!r}")
     shapes = _level_shapes(shape, levels)
@@ -414,9 +424,9 @@ def _register(
             moved = affine_warp(m_img, A)
             field = model.displacement() if reg_fn is not None and weight > 0 else None
             return moved, field
-        u = model.displacement()
+        u, field = model()
         moved = warp(m_img, _total_displacement(u, init_l))
-        return moved, model.regularised_field() if reg_fn is not None and weight > 0 else None
+        return moved, field if reg_fn is not None and weight > 0 else None
 
     def full_resolution() -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """(matrix, dvf, moved) of the current parameters on the full-resolution grid."""
@@ -438,7 +448,10 @@ def _register(
 
     def evaluate(level: int, f_l, m_l, k_l, init_l, opt) -> torch.Tensor:
         """One evaluation of loss and gradient: records the history, takes snapshots, calls the callback."""
-        opt.zero_grad()
+        if opt_key == "lbfgs" and counter["it"] >= iters[level]:
+            raise _BudgetSpent
+        for p in params:  # = opt.zero_grad(), without its per-call profiling overhead
+            p.grad = None
         moved, field = transformed(m_l, init_l)
         sim = loss_fn(f_l, moved, mask=k_l) if k_l is not None else loss_fn(f_l, moved)
         if not isinstance(sim, torch.Tensor) or sim.numel() != 1:
@@ -450,11 +463,13 @@ def _register(
         it = counter["it"]
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(
-                f"{fn}: the loss became {float(loss)} at level {level}, iteration {it} "
-                f"(similarity {float(sim)}, regulariser {float(reg)}); try a smaller lr (now {lrs[level]})"
+                f"{fn}: the loss became {float(loss.detach())} at level {level}, iteration {it} "
+                f"(similarity {float(sim.detach())}, regulariser {float(reg.detach())}); try a smaller lr (now {lrs[level]})"
             )
         loss.backward()
         loss_value = float(loss.detach())
+        if opt_key == "lbfgs" and loss_value < best["loss"]:
+            best["loss"], best["params"] = loss_value, [p.detach().clone() for p in params]
         history["loss"].append(loss_value)
         history["similarity"].append(float(sim.detach()))
         history["regulariser"].append(float(reg.detach()))
@@ -473,6 +488,9 @@ def _register(
             raise _Stop
         return loss
 
+    params: list[torch.Tensor] = []
+    best: dict[str, Any] = {}
+
     def run_levels() -> None:
         for level in range(levels):
             model.set_level(shapes[level])
@@ -480,15 +498,22 @@ def _register(
                 continue
             f_l, m_l, k_l = fixed_pyr[level], moving_pyr[level], mask_pyr[level]
             init_l = _init_at(init_t, shape, shapes[level])
-            opt = _make_optimiser(optimiser, opt_key, model.parameters(), lrs[level], iters[level])
+            params[:] = list(model.parameters())
+            opt = _make_optimiser(optimiser, opt_key, params, lrs[level], iters[level])
             closure = functools.partial(evaluate, level, f_l, m_l, k_l, init_l, opt)
             counter["it"] = 0
+            best.update(loss=math.inf, params=None)
             try:
                 if opt_key == "lbfgs":
                     opt.step(closure)  # runs the whole level (at most iters[level] evaluations)
                 else:
                     for _ in range(iters[level]):
                         opt.step(closure)
+            except _BudgetSpent:
+                # the budget ran out inside a line search: go back to the best point evaluated
+                with torch.no_grad():
+                    for p, b in zip(params, best["params"]):
+                        p.copy_(b)
             except _Stop:
                 counter["stopped"] = True
                 return

@@ -93,6 +93,11 @@ class TransformationModel(nn.Module):
         """The field the regulariser penalises (the displacement unless a model says otherwise)."""
         return self.displacement()
 
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(displacement, regularised field)`` on the current grid, computing shared work once."""
+        u = self.displacement()
+        return u, u
+
     def extra_repr(self) -> str:
         return f"shape={self.shape}, full_shape={self.full_shape}, batch={self.batch}"
 
@@ -137,6 +142,9 @@ class _MatrixModel(TransformationModel):
 
     def regularised_field(self) -> torch.Tensor | None:
         return None
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.displacement(), None
 
 
 class TranslationModel(_MatrixModel):
@@ -245,6 +253,10 @@ class SVFModel(DenseModel):
     def regularised_field(self) -> torch.Tensor:
         return self.velocity()
 
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        v = self.velocity()
+        return integrate_velocity(v, self.steps), v
+
 
 class BSplineModel(TransformationModel):
     r"""Cubic B-spline free-form deformation (Rueckert et al., 1999).
@@ -275,6 +287,13 @@ class BSplineModel(TransformationModel):
 
     def level_spacing(self, shape: Sequence[int]) -> tuple[float, ...]:
         """Control-point spacing in voxels of a grid of ``shape``, placing the control points where they are at full resolution."""
+        shape = tuple(int(s) for s in shape)
+        cache = self.__dict__.setdefault("_spacing_cache", {})
+        if shape not in cache:
+            cache[shape] = self._level_spacing(shape)
+        return cache[shape]
+
+    def _level_spacing(self, shape: tuple[int, ...]) -> tuple[float, ...]:
         out = []
         for s_full, s, d, n in zip(self.full_shape, shape, self.spacing, self.grid):
             if s < 2:
