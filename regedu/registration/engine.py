@@ -41,19 +41,20 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "rigid": dict(optimiser="adam", adam=((100, 60, 30), 0.02), lbfgs=((20, 10, 5), 1.0), regulariser=None, coarsest=16),
     "affine": dict(optimiser="adam", adam=((100, 60, 30), 0.01), lbfgs=((20, 10, 5), 1.0), regulariser=None, coarsest=16),
     "bspline": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 10), 1.0), regulariser="bending", coarsest=32),
-    "dense": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 10), 1.0), regulariser="diffusion", coarsest=32),
-    "svf": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 10), 1.0), regulariser="diffusion", coarsest=32),
+    "dense": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((40, 40, 30), 1.0), regulariser="diffusion", coarsest=32),
+    "svf": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((40, 40, 30), 1.0), regulariser="diffusion", coarsest=32),
 }
-# regulariser weights per similarity (the similarities have different scales: MSE of [0, 1] images is
-# small, LNCC/NCC/MI losses are of order 1)
+# regulariser weights per similarity (the similarities have different scales: the MSE of [0, 1] images
+# is small, LNCC/NCC/MI losses are of order 1; SSD grows with the number of voxels, its weights suit
+# images of about 10^4 voxels: prefer "mse")
 DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
-    "diffusion": {"mse": 0.01, "ssd": 1e-4, "ncc": 0.5, "lncc": 0.5, "mi": 0.5, "callable": 0.1},
-    "bending": {"mse": 0.01, "ssd": 1e-4, "ncc": 1.0, "lncc": 1.0, "mi": 1.0, "callable": 0.1},
+    "diffusion": {"mse": 0.01, "ssd": 100.0, "ncc": 0.5, "lncc": 0.5, "mi": 0.5, "callable": 0.1},
+    "bending": {"mse": 0.1, "ssd": 1000.0, "ncc": 1.0, "lncc": 1.0, "mi": 1.0, "callable": 0.1},
 }
 DEFAULT_LEVELS = 3
 MIN_LEVEL_SIZE = 8
 # L-BFGS stops a level early when the loss changes by less than this between two iterations
-LBFGS_OPTIONS: dict[str, float] = {"tolerance_change": 1e-9}
+LBFGS_OPTIONS: dict[str, float] = {"tolerance_change": 0.0, "tolerance_grad": 0.0}
 
 OPTIMISERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -264,16 +265,26 @@ def register(
             (acting on the velocity).
         weight: :math:`\lambda`. ``None`` picks a default for the regulariser and the similarity
             (``DEFAULT_WEIGHTS``); ``0`` switches the regulariser off.
-        levels: pyramid levels (each halves the size); default 3, fewer if the image is small.
-        iterations: per level, one number or one per level (coarse to fine). Default per model (``DEFAULTS``).
-        lr: learning rate (one number or one per level). Units: voxels for deformable models; for
-            matrices the linear part and the translation in units of the image radius (scale-aware).
-        mask: optional fixed-image mask ``(B or 1, 1, *spatial)``; the similarity is computed inside it.
+        levels: pyramid levels (each halves the size). Default: 3 for matrices; for deformable models as
+            many (at most 3) as keep the coarsest level at least 32 voxels along every axis (e.g. 2 for a
+            96 x 80 slice, 3 for 192 x 160).
+        iterations: per level, one number or one per level (coarse to fine). One iteration is one
+            evaluation of loss and gradient: a step of Adam, or one evaluation of L-BFGS (its line
+            searches included). Defaults in ``DEFAULTS``: Adam (100, 60, 30) for matrices; L-BFGS
+            (20, 20, 10) for B-splines and (40, 40, 30) for dense and SVF (the finest entries when there
+            are fewer levels).
+        lr: learning rate (one number or one per level). Units for Adam: voxels for deformable models;
+            for matrices the linear part and the translation in units of the image radius (scale-aware, so
+            one rate suits rotation and translation). Default 0.02 (translation, rigid), 0.01 (affine),
+            0.2 (deformable); 1 for L-BFGS (the step its line search starts from).
+        mask: optional fixed-image mask ``(B or 1, 1, *spatial)``; the similarity is computed inside it
+            (a Gaussian-smoothed copy on coarser levels).
         init: an initial transformation (a previous :class:`RegistrationResult`, a matrix ``(n+1, n+1)``
             or ``(B, n+1, n+1)``, or a DVF): the model starts at the identity and is composed with it,
             ``moved(x) = moving(T_init(T_model(x)))`` (e.g. affine first, then deformable).
-        optimiser: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ``"lbfgs"`` or a
-            ``torch.optim`` class (called as ``cls(params, lr=lr)``).
+        optimiser: ``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ``"lbfgs"`` or a ``torch.optim``
+            class (called as ``cls(params, lr=lr)``). Default: Adam for matrices, L-BFGS (strong-Wolfe line
+            search) for deformable models.
         progress: show a ``tqdm.auto`` progress bar.
         callback: ``callback(level, iteration, loss, model)`` after every iteration; return ``True`` to
             stop early.
