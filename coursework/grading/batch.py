@@ -30,6 +30,7 @@ from .spec import ROOT, SOURCE, Assignment, load_assignment, source_notebooks
 
 REPO = ROOT.parent
 HARD_GRACE = 30.0     # the worker stops itself at the notebook limit; we kill it this much later
+STARTUP = 120.0       # the worker's allowance for starting the first kernel (see worker.STARTUP)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Row:
     time_s: float = 0.0
     notebook: str = ""
     timing: dict = field(default_factory=dict)
+    restarts: int = 0                   # kernels restarted after a cell or a call hung or killed the kernel
 
 
 def find_submissions(root: Path, assignments: list[str]) -> list[tuple[str, str, Path | None]]:
@@ -149,7 +151,7 @@ class BatchGrader:
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
         try:
-            out, err = proc.communicate(json.dumps(job).encode(), timeout=lim.notebook + HARD_GRACE)
+            out, err = proc.communicate(json.dumps(job).encode(), timeout=STARTUP + lim.notebook + HARD_GRACE)
             result = json.loads(out.decode() or "{}") if proc.returncode == 0 else None
             if result is None:
                 row.status, row.reason = "error", f"grading worker failed (exit {proc.returncode}): {err.decode(errors='replace')[-300:]}"
@@ -168,6 +170,7 @@ class BatchGrader:
             row.status, row.reason = result.get("status", "error"), result.get("reason", "")
             row.cells = result.get("cells", [])
             row.timing = result.get("timing", {})
+            row.restarts = int(result.get("restarts", 0))
             for gid, q in result.get("questions", {}).items():
                 if gid in row.questions:
                     row.questions[gid].update(points=float(q.get("points", 0.0)), passed=bool(q.get("passed")),

@@ -42,11 +42,12 @@ class CellResult:
     output_bytes: int = 0            # all text the cell produced
     rpc: str | None = None           # the result of a grader call (see coursework.grading.rpc)
     idle: bool = False
+    output_lost: bool = False        # a message over the size cap broke the output connection
 
     def summary(self) -> str:
         if self.status == "error":
             return f"{self.ename}: {self.evalue}".strip()[:500]
-        return self.status
+        return f"{self.status}: {self.evalue}"[:500] if self.evalue else self.status
 
 
 class KernelDied(RuntimeError):
@@ -147,14 +148,14 @@ class Kernel:
                       "--HistoryManager.enabled=False", "--IPKernelApp.capture_fd_output=False"]
         env = clean_env(self.workdir, self.token, self.threads)
         if ns:
-            newroot = os.path.join(self.conndir, "root")
+            newroot = os.path.join(os.path.dirname(self.conndir), "root")   # beside (not inside) a writable folder
             os.makedirs(newroot, exist_ok=True)
             spec = dict(root=newroot, readonly=readonly_paths(), writable=[self.workdir, self.conndir],
                         cwd=self.workdir, env=env, cmd=kernel_cmd)
             cmd = [*UNSHARE, sys.executable, "-I", "-S", NSINIT, json.dumps(spec)]
         else:
             cmd = kernel_cmd
-        self.log = os.path.join(self.conndir, "kernel.log")   # start-up errors (the sandbox set-up, ipykernel)
+        self.log = os.path.join(os.path.dirname(self.conndir), "kernel.log")   # start-up errors; outside the sandbox
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -242,7 +243,7 @@ class Kernel:
             if interrupted_at is None and now > deadline:
                 self.interrupt()
                 interrupted_at = now
-            if interrupted_at is not None and now > interrupted_at + 3.0:
+            if interrupted_at is not None and now > interrupted_at + 2.0:
                 res.status, res.ename, res.evalue = "timeout", "TimeoutError", f"timed out after {timeout:.0f} s"
                 return res
             self._drain_iopub(msg_id, res, cap, wait=0.05)
@@ -262,8 +263,13 @@ class Kernel:
             self._drain_iopub(msg_id, res, cap, wait=0.05)
         if not res.idle:
             self._reconnect_iopub()
+            res.output_lost = True
         content = reply.get("content", {})
-        if interrupted_at is not None:
+        payload = content.get("payload") if isinstance(content.get("payload"), list) else []
+        if any(isinstance(p, dict) and p.get("source") == "ask_exit" for p in payload):
+            # exit() / quit(): the kernel shuts down right after this reply
+            res.status, res.ename, res.evalue = "died", "KernelExit", "the cell asked the kernel to exit"
+        elif interrupted_at is not None:
             res.status, res.ename, res.evalue = "timeout", "TimeoutError", f"timed out after {timeout:.0f} s (interrupted)"
         elif content.get("status") == "error":
             res.status, res.ename, res.evalue = "error", str(content.get("ename", ""))[:200], str(content.get("evalue", ""))[:1000]

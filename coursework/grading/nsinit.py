@@ -48,7 +48,7 @@ def graft(path: str, root: str, writable: bool = False) -> None:
         open(target, "a").close()
     else:
         return
-    run("mount", "--rbind", path, target)
+    run("mount", "--bind" if writable else "--rbind", path, target)
     if not writable:
         run("mount", "-o", "remount,bind,ro", target)
 
