@@ -33,8 +33,8 @@ from .result import RegistrationResult
 # Defaults per transformation model, tuned on 2D brain slices (80-192 voxels a side) and brain volumes
 # (benchmarks/iterative.py). "optimiser" is the default optimiser; "adam"/"lbfgs" give (iterations per
 # level, coarse to fine: with fewer levels the finest entries are used; learning rate) for that
-# optimiser (other optimisers use the "adam" entry). For L-BFGS an iteration is one evaluation of loss
-# and gradient (line searches included). "coarsest": the default pyramid has as many levels (at most
+# optimiser (other optimisers use the "adam" entry; a one-level pyramid gets the sum of the two finest
+# entries). For L-BFGS an iteration is one evaluation of loss and gradient (line searches included). "coarsest": the default pyramid has as many levels (at most
 # 3) as keep the coarsest level at least this many voxels along every axis.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "translation": dict(optimiser="adam", adam=((100, 60, 30), 0.02), lbfgs=((20, 10, 5), 1.0), regulariser=None, coarsest=16),
@@ -272,7 +272,7 @@ def register(
             evaluation of loss and gradient: a step of Adam, or one evaluation of L-BFGS (its line
             searches included). Defaults in ``DEFAULTS``: Adam (100, 60, 30) for matrices; L-BFGS
             (20, 20, 10) for B-splines and (40, 40, 30) for dense and SVF (the finest entries when there
-            are fewer levels).
+            are fewer levels; a single level gets the budget of the two finest).
         lr: learning rate (one number or one per level). Units for Adam: voxels for deformable models;
             for matrices the linear part and the translation in units of the image radius (scale-aware, so
             one rate suits rotation and translation). Default 0.02 (translation, rigid), 0.01 (affine),
@@ -405,7 +405,10 @@ def _register(
     default_iters, default_lr = defaults["lbfgs" if opt_key == "lbfgs" else "adam"]
     default_iters = list(default_iters)
     if iterations is None:
-        iterations = default_iters[-levels:] if levels <= len(default_iters) else [default_iters[0]] * (levels - len(default_iters)) + default_iters
+        if levels == 1:  # no pyramid: the whole budget of the two finest levels goes to the one level
+            iterations = [sum(default_iters[-2:])]
+        else:
+            iterations = default_iters[-levels:] if levels <= len(default_iters) else [default_iters[0]] * (levels - len(default_iters)) + default_iters
     iters = _per_level(fn, "iterations", iterations, levels, int)
     if any(i < 0 for i in iters):
         raise ValueError(f"{fn}: iterations must be >= 0, got {iterations!r}")
@@ -459,6 +462,11 @@ def _register(
 
     def evaluate(level: int, f_l, m_l, k_l, init_l, opt) -> torch.Tensor:
         """One evaluation of loss and gradient: records the history, takes snapshots, calls the callback."""
+        if memo["params"] is not None and all(torch.equal(p, q) for p, q in zip(params, memo["params"])):
+            # L-BFGS re-evaluates the point it stopped at when step() is called again: reuse it
+            for p, g in zip(params, memo["grads"]):
+                p.grad = g.clone()
+            return memo["loss"]
         if opt_key == "lbfgs" and counter["it"] >= iters[level]:
             raise _BudgetSpent
         for p in params:  # = opt.zero_grad(), without its per-call profiling overhead
@@ -479,8 +487,11 @@ def _register(
             )
         loss.backward()
         loss_value = float(loss.detach())
-        if opt_key == "lbfgs" and loss_value < best["loss"]:
-            best["loss"], best["params"] = loss_value, [p.detach().clone() for p in params]
+        if opt_key == "lbfgs":
+            memo.update(params=[p.detach().clone() for p in params], loss=loss.detach(),
+                        grads=[torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params])
+            if loss_value < best["loss"]:
+                best["loss"], best["params"] = loss_value, memo["params"]
         history["loss"].append(loss_value)
         history["similarity"].append(float(sim.detach()))
         history["regulariser"].append(float(reg.detach()))
@@ -501,6 +512,26 @@ def _register(
 
     params: list[torch.Tensor] = []
     best: dict[str, Any] = {}
+    memo: dict[str, Any] = {"params": None}
+
+    def lbfgs_level(opt: torch.optim.Optimizer, closure, level: int) -> None:
+        """Run L-BFGS on one level with a well-scaled first step.
+
+        PyTorch's L-BFGS starts its first line search at a step of L1 norm one, which for a field of
+        many voxels moves each of them by a negligible amount (below float32 resolution of the loss).
+        Instead the first trial step moves the largest parameter by ``model.first_step * lr``; later
+        iterations use the quasi-Newton step (trial length ``lr``) as usual.
+        """
+        closure()
+        flat = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in params])
+        g_max, g_sum = float(flat.abs().max()), float(flat.abs().sum())
+        group = opt.param_groups[0]
+        if g_max > 0:
+            group["lr"] = getattr(model, "first_step", 1.0) * lrs[level] / (g_max * min(1.0, 1.0 / g_sum))
+            group["max_iter"] = 1
+            opt.step(closure)
+        group.update(lr=lrs[level], max_iter=iters[level], max_eval=iters[level])
+        opt.step(closure)
 
     def run_levels() -> None:
         for level in range(levels):
@@ -514,9 +545,10 @@ def _register(
             closure = functools.partial(evaluate, level, f_l, m_l, k_l, init_l, opt)
             counter["it"] = 0
             best.update(loss=math.inf, params=None)
+            memo.update(params=None)
             try:
                 if opt_key == "lbfgs":
-                    opt.step(closure)  # runs the whole level (at most iters[level] evaluations)
+                    lbfgs_level(opt, closure, level)  # the whole level (at most iters[level] evaluations)
                 else:
                     for _ in range(iters[level]):
                         opt.step(closure)
@@ -530,7 +562,8 @@ def _register(
                 return
 
     try:
-        run_levels()
+        with torch.enable_grad():  # also inside a caller's torch.no_grad()
+            run_levels()
     finally:
         bar.close()
 

@@ -67,6 +67,8 @@ class TransformationModel(nn.Module):
 
     parametric: bool = False
     name: str = "model"
+    #: largest parameter change of L-BFGS's first trial step (voxels for deformable models)
+    first_step: float = 1.0
 
     def __init__(self, shape: Sequence[int], batch: int = 1):
         super().__init__()
@@ -113,6 +115,7 @@ class _MatrixModel(TransformationModel):
     r"""A matrix :math:`x' = L(x - c) + c + r\,t` in full-resolution voxels (``c`` the image centre)."""
 
     parametric = True
+    first_step = 0.02  # radians / relative scale / image radii: about one voxel at the border
 
     def __init__(self, shape: Sequence[int], batch: int = 1):
         super().__init__(shape, batch)
