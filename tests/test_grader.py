@@ -167,7 +167,8 @@ def test_releases_run_and_score_zero(course_batch):
         assert row["status"] == "graded" and row["total"] == 0, row
         assert all(c["status"] in ("ok", "error") for c in row["cells"]), "a released cell hung or killed the kernel"
         errors = {c["error"].split(":")[0] for c in row["cells"] if c["status"] == "error"}
-        assert errors <= {"NotImplementedError"}, errors
+        # stubs raise; later cells may miss a name that a failed cell (or a skipped test cell) would define
+        assert errors <= {"NotImplementedError", "NameError"}, errors
         for q in row["questions"].values():
             assert "NotImplementedError" in q["feedback"], q
 
