@@ -18,7 +18,7 @@ from .fields import (
     random_bspline_dvf,
     random_dvf,
 )
-from .registration import RegistrationResult, register
+from .registration import RegistrationResult, demons, register
 from .regularisers import bending_energy, diffusion
 from .similarity import (
     dice,
