@@ -13,7 +13,7 @@ def _limits(args, names):
     defaults = {"a1_transforms": Limits(notebook=180, cell=60), "a2_dvfs": Limits(notebook=240, cell=90),
                 "a3_learning": Limits(notebook=420, cell=180)}
 
-    def parse(values, field):
+    def parse(values):
         out, default = {}, None
         for v in values or []:
             if "=" in v:
@@ -23,8 +23,8 @@ def _limits(args, names):
                 default = float(v)
         return out, default
 
-    nb_over, nb_all = parse(args.timeout, "notebook")
-    cell_over, cell_all = parse(args.cell_timeout, "cell")
+    nb_over, nb_all = parse(args.timeout)
+    cell_over, cell_all = parse(args.cell_timeout)
     limits = {}
     for n in names:
         lim = defaults.get(n, Limits())
@@ -44,6 +44,9 @@ def cmd_grade(args) -> int:
         sys.exit(f"grade: {root} is not a folder of submissions (<student>/<assignment>.ipynb)")
     out = Path(args.out)
     subs = find_submissions(root, list(assignments))
+    if not args.assignment:  # grade the assignments that somebody submitted
+        submitted = {a for _, a, nb in subs if nb is not None}
+        subs = [s for s in subs if s[1] in submitted]
     grader = BatchGrader(assignments, _limits(args, list(assignments)), jobs=args.jobs, isolation=args.isolation,
                          threads=args.threads)
     guard = None
@@ -94,10 +97,12 @@ def main(argv=None) -> int:
     g = sub.add_parser("grade", help="grade a folder of submissions into a gradebook (CSV and JSON)")
     g.add_argument("submissions", help="folder with <student>/<assignment>.ipynb or <student>/<assignment>/<assignment>.ipynb")
     g.add_argument("--out", default="gradebook", help="folder for gradebook.csv and gradebook.json (default: ./gradebook)")
-    g.add_argument("--assignment", action="append", help="grade only this assignment (repeatable; default: all)")
+    g.add_argument("--assignment", action="append", help="grade only this assignment (repeatable; default: every assignment somebody submitted)")
     g.add_argument("--jobs", type=int, default=1, help="submissions graded at the same time (namespace sandbox only)")
-    g.add_argument("--timeout", action="append", metavar="[ASSIGNMENT=]SECONDS", help="time limit per notebook")
-    g.add_argument("--cell-timeout", action="append", metavar="[ASSIGNMENT=]SECONDS", help="time limit per cell and per test cell")
+    g.add_argument("--timeout", action="append", metavar="[ASSIGNMENT=]SECONDS",
+                   help="time limit per notebook, after kernel start-up (defaults: a1 180, a2 240, a3 420)")
+    g.add_argument("--cell-timeout", action="append", metavar="[ASSIGNMENT=]SECONDS",
+                   help="time limit per cell and per test cell (defaults: a1 60, a2 90, a3 180)")
     g.add_argument("--memory-gb", type=float, default=8.0, help="address-space limit of each kernel (default 8)")
     g.add_argument("--threads", type=int, default=1, help="CPU threads per kernel (default 1)")
     g.add_argument("--isolation", choices=["auto", "namespace", "process"], default="auto",

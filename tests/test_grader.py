@@ -203,6 +203,7 @@ EXPECTED = {  # fixture: (total, status)
     "exits": (12, "graded"),
     "os_exit": (10, "graded"),
     "huge_print": (12, "graded"),
+    "memory_hog": (12, "graded"),
     "children": (12, "graded"),
     "slow_notebook": (0, "timeout"),
     "read_hidden_tests": (12, "graded"),
@@ -238,6 +239,7 @@ def test_hostile_details(hostile_batch):
     assert rows["infinite_loop"]["restarts"] == 0, "an interruptible loop needs no restart"
     assert rows["ignores_interrupt"]["restarts"] >= 1 and any(c["status"] == "timeout" for c in cells("ignores_interrupt"))
     assert "ValueError" in rows["exceptions"]["questions"]["q4_ssd_tests"]["feedback"]
+    assert any("MemoryError" in c["error"] for c in cells("memory_hog"))
     assert any("RuntimeError" in c["error"] for c in cells("exceptions"))
     assert rows["exits"]["restarts"] >= 1 and any("SystemExit" in c["error"] for c in cells("exits"))
     q5 = rows["os_exit"]["questions"]["q5_ncc_tests"]

@@ -97,15 +97,17 @@ def descendants(pid: int) -> set[int]:
 
 
 def end_processes(root_pid: int | None = None, groups: tuple[int, ...] = (), token: str | None = None) -> int:
-    """SIGKILL a process tree (root included), process groups, and processes whose environment has ``token``.
+    """SIGKILL a process tree, process groups, and processes whose environment has ``token``.
 
-    Never signals the calling process or its own group. Returns how many processes were signalled.
+    ``root_pid`` is killed with its descendants, unless it is the calling process (then only its
+    descendants are). Never signals the caller or its own group. Returns how many were signalled.
     """
     me = os.getpid()
     seen: set[int] = set()
-    if root_pid is not None and root_pid != me:
-        seen.add(root_pid)
-        _signal(root_pid, signal.SIGSTOP)
+    if root_pid is not None:
+        if root_pid != me:
+            seen.add(root_pid)
+            _signal(root_pid, signal.SIGSTOP)
         for _ in range(50):  # freeze, look again, until nothing new appears
             new = descendants(root_pid) - seen - {me}
             if not new:

@@ -234,7 +234,7 @@ def main() -> None:
         result = Grader(job).grade()
     except Exception as e:  # noqa: BLE001 - a grader bug must still give a row
         result = {"status": "error", "reason": f"grader error: {type(e).__name__}: {e}"[:500], "questions": {}, "cells": []}
-    end_processes(None, token=None)
+    end_processes(os.getpid())  # anything orphaned and re-parented to us (we are a subreaper)
     sys.stdout.write(json.dumps(result))
     sys.stdout.flush()
 
