@@ -66,8 +66,12 @@ def random_dvf(
     if max_displacement < 0:
         raise ValueError(f"random_dvf: max_displacement must be >= 0, got {max_displacement}")
     dtype = dtype or torch.get_default_dtype()
-    noise = torch.randn(batch, len(shape), *shape, generator=_generator(seed, device), dtype=dtype)
-    u = gaussian_blur(noise.to(device), smoothness)
+    # draw the noise on a grid larger by the kernel radius on every side and crop after smoothing, so
+    # that the field is statistically the same everywhere (blurring with replicated borders would
+    # make the displacement largest along the image border)
+    r = int(math.ceil(3.0 * smoothness))
+    noise = torch.randn(batch, len(shape), *(s + 2 * r for s in shape), generator=_generator(seed, device), dtype=dtype)
+    u = gaussian_blur(noise.to(device), smoothness)[(slice(None), slice(None)) + tuple(slice(r, r + s) for s in shape)]
     u = u - u.mean(dim=tuple(range(2, u.dim())), keepdim=True)
     return _scale_to_max(u, max_displacement)
 

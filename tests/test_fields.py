@@ -68,7 +68,7 @@ def test_integrating_constant_velocity_gives_translation(ndim):
 
 
 def test_scaling_and_squaring_is_diffeomorphic():
-    v = regedu.random_dvf((64, 64), max_displacement=12.0, smoothness=4.0, seed=2)
+    v = regedu.random_dvf((64, 64), max_displacement=12.0, smoothness=6.0, seed=2)
     assert regedu.folding_fraction(v).item() > 0  # used directly as a displacement it folds
     u = regedu.integrate_velocity(v, steps=8)
     assert regedu.folding_fraction(u).item() == 0.0
@@ -123,3 +123,12 @@ def test_endpoint_error_masked():
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., :2, :] = 1
     assert regedu.endpoint_error(a, b, mask).item() == pytest.approx(3.0)
+
+
+def test_random_dvf_is_not_concentrated_at_the_border():
+    """The field's statistics do not depend on the position: the interior moves as much as the border."""
+    m = regedu.fields.magnitude(regedu.random_dvf((128, 128), 5.0, 8.0, batch=4, seed=0))
+    border = torch.cat([m[:, :16].flatten(), m[:, -16:].flatten(), m[:, :, :16].flatten(), m[:, :, -16:].flatten()])
+    interior = m[:, 32:-32, 32:-32].flatten()
+    assert interior.mean() > 0.6 * border.mean()
+    assert interior.max() > 0.5 * 5.0
