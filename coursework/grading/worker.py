@@ -33,7 +33,7 @@ from .spec import is_test_cell
 
 MAX_NOTEBOOK = 20 * 1024**2
 STARTUP = 120.0     # seconds allowed for starting the first kernel and importing PRELOAD
-MAX_RESTARTS = 3
+MAX_RESTARTS = 5
 # imported into every fresh kernel before the student's cells (timed against the notebook limit only),
 # so that a cell's time limit measures the student's code and not the start-up of torch
 PRELOAD = ("numpy", "torch", "torch.nn.functional", "matplotlib.pyplot", "regedu", "regedu.data", "regedu.learning")
@@ -77,7 +77,7 @@ class Grader:
                    f"__coursework_preload({list(self.job.get('preload', PRELOAD))!r})\ndel __coursework_preload\n")
         self.kernel.execute(preload, timeout=min(120.0, self.left()))
 
-    def restart(self, why: str) -> None:
+    def restart(self, why: str, helper: bool = True) -> None:
         """A fresh kernel with the cells that worked replayed (their errors were recorded already)."""
         self.restarts += 1
         if self.restarts > MAX_RESTARTS:
@@ -85,7 +85,8 @@ class Grader:
         self.new_kernel()
         for i in self.good:
             self.kernel.execute(self.cells[i], timeout=min(self.limits.cell, self.left()))
-        self.install_helper()
+        if helper:
+            self.install_helper()
 
     def install_helper(self) -> None:
         r = self.kernel.execute(kernel_helper(RPC_MIME), timeout=min(30.0, self.left()))
@@ -115,12 +116,7 @@ class Grader:
                 if probe.status == "ok":  # the interrupt worked; keep going in the same kernel
                     i += 1
                     continue
-            self.restarts += 1
-            if self.restarts > MAX_RESTARTS:
-                raise KernelDied(f"the kernel had to be restarted more than {MAX_RESTARTS} times")
-            self.new_kernel()
-            for j in self.good:
-                self.kernel.execute(self.cells[j], timeout=min(self.limits.cell, self.left()))
+            self.restart(f"cell {i + 1}: {r.summary()}", helper=False)
             i += 1
 
     def run_test(self, test: dict) -> dict:
