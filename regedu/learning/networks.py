@@ -210,6 +210,8 @@ class RegistrationNet(nn.Module):
         integration_steps: scaling-and-squaring steps.
         scale: resolution factor at which the network works (0 < scale <= 1).
         final_init_std: initial weight scale of the last layer (near zero: start at the identity).
+        norm: normalisation after each convolution, ``"instance"`` (default: trains several times
+            faster than none in the first few hundred steps), ``"batch"`` or ``None`` (VoxelMorph's choice).
 
     ``forward(fixed, moving)`` returns a registration output dict (see the module docstring).
     """
@@ -222,8 +224,8 @@ class RegistrationNet(nn.Module):
         diffeomorphic: bool = False,
         integration_steps: int = 7,
         scale: float = 1.0,
-        final_init_std: float = 1e-5,
-        norm: str | None = None,
+        final_init_std: float = 1e-3,
+        norm: str | None = "instance",
     ):
         super().__init__()
         if not 0 < scale <= 1:

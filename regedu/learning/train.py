@@ -38,10 +38,13 @@ class History:
     ``val``: per validation (once per epoch by default), lists under ``"epoch"``, ``"step"``,
     ``"loss"``, ``"time_per_pair"`` (seconds per pair of a forward pass) and the objective's metrics
     (``"dice"``, ``"epe"``, ``"folding"``, ``"mse"`` for registration; ``"accuracy"`` for classifiers).
+    ``optimizer``: the optimizer of the run (not saved by :meth:`to_dict`), so that
+    ``train(model, data, history=history)`` continues where it stopped.
     """
 
     train: dict[str, list[float]] = field(default_factory=dict)
     val: dict[str, list[float]] = field(default_factory=dict)
+    optimizer: torch.optim.Optimizer | None = field(default=None, repr=False, compare=False)
 
     def append(self, part: str, values: dict[str, float]) -> None:
         store = getattr(self, part)
@@ -216,7 +219,8 @@ def train(
             variable ``REGEDU_DEVICE``); the model is moved there.
         val_data: held-out data (e.g. ``PairDataset(..., mode="eval")``), evaluated with :func:`evaluate`
             every ``val_every`` steps (default: once per epoch) and at the end.
-        optimizer / history: continue a previous run (e.g. from :func:`load_checkpoint`).
+        optimizer / history: continue a previous run: pass its history (which keeps the run's optimizer),
+            or the ones of :func:`load_checkpoint`. Steps are counted on from ``history.steps``.
         seed: seeds Python, NumPy and torch (:func:`regedu.seed_everything`) and the data order; ``None`` keeps the state.
         progress: show a ``tqdm.auto`` progress bar.
         checkpoint: path; if given, :func:`save_checkpoint` writes model, optimizer, history and the
@@ -244,8 +248,9 @@ def train(
     if steps < 1:
         raise ValueError(f"train: steps must be at least 1, got {steps}")
     val_every = int(val_every) if val_every is not None else (epoch_len or steps)
-    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-    history = history or History()
+    history = history if history is not None else History()
+    optimizer = optimizer or history.optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    history.optimizer = optimizer
     start = history.steps
     config = {"objective": type(obj).__name__, "objective_config": {k: v for k, v in vars(obj).items()
                                                                      if not k.startswith("_") and isinstance(v, (int, float, str, bool, type(None)))},
@@ -358,5 +363,6 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer:
             optimizer = getattr(torch.optim, state["optimizer_class"])(model.parameters())
         optimizer.load_state_dict(state["optimizer_state"])
     history = History.from_dict(state["history"])
+    history.optimizer = optimizer
     model.history = history
     return Checkpoint(model, optimizer, history, state["config"])

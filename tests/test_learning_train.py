@@ -1,0 +1,190 @@
+"""The one training loop of regedu.learning: every objective lowers its loss, supervised and unsupervised
+models beat the identity on held-out pairs, a diffeomorphic model does not fold, histories record
+validation metrics per epoch, runs are deterministic, checkpoints round-trip exactly."""
+
+import math
+
+import pytest
+import torch
+
+import regedu
+from regedu import learning as L
+from regedu.data import PairDataset, brain_slice
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small convolutions run fastest on one thread, and far faster than two when the cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+FEATURES = (8, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def brain():
+    return brain_slice(resolution=4)  # (48, 40) axial slice, 4 mm
+
+
+@pytest.fixture(scope="module")
+def eval_pairs(brain):
+    return PairDataset(brain, mode="eval", size=8)
+
+
+@pytest.fixture(scope="module")
+def one_batch(eval_pairs):
+    items = [eval_pairs[i] for i in range(4)]
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+@pytest.mark.parametrize("objective, kwargs, model", [
+    ("supervised", {}, "net"),
+    ("supervised", {"masked": False}, "net"),
+    ("weak", {"weight": 0.1}, "net"),
+    ("weak", {"similarity": "mse", "similarity_weight": 1.0}, "net"),
+    ("unsupervised", {"similarity": "lncc", "weight": 0.1}, "net"),
+    ("unsupervised", {"similarity": "mse"}, "chain"),
+    ("diffeomorphic", {"similarity": "lncc", "weight": 0.1}, "svf"),
+    ("cycle", {"similarity": "lncc", "weight": 0.1, "cycle_weight": 0.1}, "net"),
+])
+def test_each_objective_decreases_its_loss(one_batch, objective, kwargs, model):
+    net = {"net": lambda: L.RegistrationNet(2, features=FEATURES),
+           "svf": lambda: L.RegistrationNet(2, features=FEATURES, diffeomorphic=True),
+           "chain": lambda: L.multi_stage(2, scales=(0.5, 1.0), features=FEATURES)}[model]()
+    hist = L.train(net, [one_batch], objective, steps=30, lr=3e-3, device="cpu", progress=False, **kwargs)
+    losses = hist.train["loss"]
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
+    assert _mean(losses[-5:]) < 0.9 * _mean(losses[:5]), losses
+
+
+@pytest.fixture(scope="module")
+def identity_metrics(eval_pairs):
+    return L.evaluate(L.IdentityNet(), eval_pairs, "supervised", batch_size=8)
+
+
+def test_supervised_model_beats_identity_on_held_out_pairs(brain, eval_pairs, identity_metrics):
+    net = L.RegistrationNet(2, features=FEATURES)
+    train_pairs = PairDataset(brain, mode="train", size=100_000, seed=1)
+    hist = L.train(net, train_pairs, "supervised", steps=150, lr=3e-3, batch_size=4, device="cpu",
+                   val_data=eval_pairs, val_every=75, progress=False)
+    assert hist.val["step"] == [75.0, 150.0]
+    epe = hist.val["epe"][-1]
+    assert epe < 0.85 * identity_metrics["epe"], (epe, identity_metrics["epe"])
+    assert hist.val["dice"][-1] > identity_metrics["dice"]
+
+
+def test_unsupervised_model_improves_dice_over_identity(brain, eval_pairs, identity_metrics):
+    net = L.RegistrationNet(2, features=FEATURES)
+    train_pairs = PairDataset(brain, mode="train", size=100_000, seed=2)
+    L.train(net, train_pairs, "unsupervised", steps=150, lr=3e-3, batch_size=4, device="cpu", progress=False,
+            similarity="lncc", weight=0.1)
+    m = L.evaluate(net, eval_pairs, "unsupervised", batch_size=8, similarity="lncc")
+    assert m["dice"] > identity_metrics["dice"] + 0.03, (m["dice"], identity_metrics["dice"])
+    assert m["folding"] < 0.005
+    assert m["time_per_pair"] > 0
+
+
+def test_diffeomorphic_model_does_not_fold(brain, eval_pairs, identity_metrics):
+    """Without any smoothness penalty, scaling and squaring of the predicted velocity still gives a
+    deformation without folding, and the model aligns the pairs."""
+    net = L.RegistrationNet(2, features=FEATURES, diffeomorphic=True)
+    train_pairs = PairDataset(brain, mode="train", size=100_000, seed=3)
+    L.train(net, train_pairs, "diffeomorphic", steps=100, lr=3e-3, batch_size=4, device="cpu", progress=False,
+            similarity="lncc", weight=0.0)
+    batch = next(iter(torch.utils.data.DataLoader(eval_pairs, batch_size=8)))
+    with torch.no_grad():
+        out = net(batch["fixed"], batch["moving"])
+    assert out["dvf"].abs().max() > 0.5  # it does deform
+    assert float(regedu.folding_fraction(out["dvf"]).max()) == 0.0
+    assert float(regedu.jacobian_determinant(out["dvf"]).min()) > 0
+    m = L.registration_metrics(out, batch)
+    assert m["dice"] > identity_metrics["dice"]
+
+
+def test_history_records_validation_per_epoch(brain):
+    train_pairs = PairDataset(brain, mode="train", size=8, seed=4)
+    val = PairDataset(brain, mode="eval", size=4)
+    net = L.RegistrationNet(2, features=(4, 8))
+    hist = L.train(net, train_pairs, "unsupervised", epochs=3, batch_size=4, device="cpu", val_data=val, progress=False)
+    assert hist.steps == 6 and len(hist.train["loss"]) == 6
+    assert hist.val["epoch"] == [1.0, 2.0, 3.0] and hist.val["step"] == [2.0, 4.0, 6.0]
+    for key in ("dice", "epe", "folding", "mse", "loss", "time_per_pair"):
+        assert len(hist.val[key]) == 3 and all(math.isfinite(v) for v in hist.val[key]), key
+    assert 0 <= min(hist.val["dice"]) <= max(hist.val["dice"]) <= 1
+    assert net.history is hist
+
+
+def test_training_is_deterministic(brain):
+    runs = []
+    for _ in range(2):
+        regedu.seed_everything(3, deterministic=False)  # the initial weights come from torch's global generator
+        net = L.RegistrationNet(2, features=(4, 8))
+        data = PairDataset(brain, mode="train", size=1000, seed=5)
+        runs.append(L.train(net, data, "unsupervised", steps=4, device="cpu", progress=False, seed=7).train["loss"])
+    assert runs[0] == runs[1]
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path, one_batch, eval_pairs):
+    path = tmp_path / "ckpt" / "model.pt"
+    net = L.RegistrationNet(2, features=(4, 8), diffeomorphic=True)
+    hist = L.train(net, [one_batch], "unsupervised", steps=5, device="cpu", progress=False, val_data=[one_batch],
+                   val_every=5, checkpoint=path, similarity="ncc", weight=0.3)
+    assert path.is_file()
+    ck = L.load_checkpoint(path)  # rebuilt from the stored class name and config
+    assert isinstance(ck.model, L.RegistrationNet) and ck.model.diffeomorphic
+    for (k, a), (k2, b) in zip(net.state_dict().items(), ck.model.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    assert ck.history.to_dict() == hist.to_dict()
+    assert ck.config["objective"] == "Unsupervised" and ck.config["objective_config"]["similarity"] == "ncc"
+    assert ck.config["steps"] == 5 and isinstance(ck.optimizer, torch.optim.Adam)
+    net.eval(), ck.model.eval()
+    with torch.no_grad():
+        assert torch.equal(net(one_batch["fixed"], one_batch["moving"])["dvf"],
+                           ck.model(one_batch["fixed"], one_batch["moving"])["dvf"])
+    # continuing from the checkpoint is the same as continuing the original run (history keeps its optimizer)
+    assert hist.optimizer is not None and ck.history.optimizer is ck.optimizer
+    h1 = L.train(net, [one_batch], "unsupervised", steps=3, device="cpu", progress=False, history=hist, seed=None,
+                 similarity="ncc", weight=0.3)
+    h2 = L.train(ck.model, [one_batch], "unsupervised", steps=3, device="cpu", progress=False, history=ck.history,
+                 seed=None, similarity="ncc", weight=0.3)
+    assert h1.train["step"][-1] == 8 and h1.train["loss"] == h2.train["loss"]
+    for a, b in zip(net.parameters(), ck.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_3d_training_step_on_a_tiny_volume():
+    item = {"fixed": torch.rand(2, 1, 12, 10, 8), "moving": torch.rand(2, 1, 12, 10, 8),
+            "dvf": torch.zeros(2, 3, 12, 10, 8),
+            "fixed_labels": torch.randint(0, 3, (2, 1, 12, 10, 8)), "moving_labels": torch.randint(0, 3, (2, 1, 12, 10, 8))}
+    for obj, model in (("supervised", L.RegistrationNet(3, features=(4, 8))),
+                       ("weak", L.RegistrationNet(3, features=(4, 8))),
+                       ("cycle", L.RegistrationNet(3, features=(4, 8), diffeomorphic=True)),
+                       ("unsupervised", L.multi_stage(3, scales=(1.0,), features=(4, 8)))):
+        hist = L.train(model, [item], obj, steps=2, device="cpu", progress=False, val_data=[item])
+        assert len(hist.train["loss"]) == 2 and "folding" in hist.val
+
+
+def test_objective_errors(one_batch):
+    net = L.RegistrationNet(2, features=(4, 8))
+    with pytest.raises(ValueError, match=r"train: give steps or epochs, not both"):
+        L.train(net, [one_batch], steps=2, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"get_objective: objective must be one of 'supervised', .* got 'magic'"):
+        L.train(net, [one_batch], "magic", steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"Diffeomorphic: the model output has no 'velocity'"):
+        L.train(net, [one_batch], "diffeomorphic", steps=1, device="cpu", progress=False)
+    no_dvf = {k: v for k, v in one_batch.items() if k != "dvf"}
+    with pytest.raises(KeyError, match=r"Supervised: the batch has no ground-truth 'dvf'"):
+        L.train(net, [no_dvf], "supervised", steps=1, device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"train: data has no length, so give steps"):
+        L.train(net, iter([one_batch]), epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"train: data must be a torch Dataset, a DataLoader or an iterable of batches, got int"):
+        L.train(net, 3, steps=1, progress=False)
+    with pytest.raises(FileNotFoundError, match=r"load_checkpoint: no checkpoint file"):
+        L.load_checkpoint("/nonexistent/model.pt")
