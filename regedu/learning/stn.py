@@ -65,24 +65,30 @@ class SpatialTransformer(nn.Module):
 
 
 class CNNClassifier(nn.Module):
-    """A plain CNN classifier: conv blocks (stride 2 after the first), max-pooling, a linear layer.
+    """A plain CNN classifier: conv blocks (stride 2 after the first), average pooling to a ``pool x pool``
+    grid, and a fully connected layer (as the CNN baselines of Jaderberg et al., 2015).
 
-    ``features`` channels per block; ``(B, in_channels, H, W)`` -> logits ``(B, num_classes)``.
-    The backbone of :class:`STNClassifier`, so the two differ only by the spatial transformer.
+    The fully connected layer sees *where* features are, so the network is not invariant to where
+    the digit lies, nor to its rotation or scale: it has to learn every pose from the data (the
+    weakness a spatial transformer addresses). ``pool=1`` (global pooling) makes it translation
+    invariant. ``norm``: normalisation after each convolution (instance norm: the same in training and
+    evaluation). ``(B, in_channels, H, W)`` -> logits ``(B, num_classes)``. The backbone of
+    :class:`STNClassifier`, so the two differ only by the spatial transformer.
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, features: Sequence[int] = (16, 32, 64), ndim: int = 2,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, pool: int = 4, norm: str | None = "instance"):
         super().__init__()
         feats = _check_features("CNNClassifier", features)
         blocks, c = [], in_channels
         for i, f in enumerate(feats):
-            blocks.append(ConvBlock(ndim, c, f, stride=1 if i == 0 else 2, norm="batch"))
+            blocks.append(ConvBlock(ndim, c, f, stride=1 if i == 0 else 2, norm=norm))
             c = f
-        pool = nn.AdaptiveMaxPool2d(1) if ndim == 2 else nn.AdaptiveMaxPool3d(1)
+        pooling = nn.AdaptiveAvgPool2d(pool) if ndim == 2 else nn.AdaptiveAvgPool3d(pool)
         self.ndim = ndim
-        self.body = nn.Sequential(*blocks, pool, nn.Flatten(), nn.Dropout(dropout), nn.Linear(c, num_classes))
-        self.config = dict(num_classes=num_classes, in_channels=in_channels, features=list(feats), ndim=ndim, dropout=dropout)
+        self.body = nn.Sequential(*blocks, pooling, nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * pool**ndim, num_classes))
+        self.config = dict(num_classes=num_classes, in_channels=in_channels, features=list(feats), ndim=ndim, dropout=dropout,
+                           pool=pool, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_image(type(self).__name__, "x", x, ndim=self.ndim)
@@ -97,13 +103,13 @@ class STNClassifier(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, features: Sequence[int] = (16, 32, 64),
                  stn_features: Sequence[int] = (8, 16, 32), ndim: int = 2, output_shape: Sequence[int] | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, pool: int = 4):
         super().__init__()
         self.stn = SpatialTransformer(ndim, in_channels, stn_features, output_shape)
-        self.classifier = CNNClassifier(num_classes, in_channels, features, ndim, dropout)
+        self.classifier = CNNClassifier(num_classes, in_channels, features, ndim, dropout, pool)
         self.config = dict(num_classes=num_classes, in_channels=in_channels, features=list(features),
                            stn_features=list(stn_features), ndim=ndim,
-                           output_shape=None if output_shape is None else list(output_shape), dropout=dropout)
+                           output_shape=None if output_shape is None else list(output_shape), dropout=dropout, pool=pool)
 
     def canonicalise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The transformed input ``(B, C, *output_shape)`` and its voxel matrix ``(B, ndim+1, ndim+1)``."""
