@@ -59,7 +59,10 @@ def main() -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--only", choices=list(CASES), default=None)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = get_device(args.device)
     print(f"device: {describe_device(device)}  (torch {torch.__version__})")
     print(f"{'case':<16} {'pass':<17} {'regedu [ms]':>12} {'grid_sample [ms]':>17} {'ratio':>7}  target <= 1.10")

@@ -53,6 +53,17 @@ def _normalised_axes(shape: tuple[int, ...], dtype: torch.dtype, device: torch.d
     return tuple(out)
 
 
+def _grid(dvf: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """The normalised grid of ``dvf`` (see :func:`dvf_to_grid`) and the per-axis scales used."""
+    ndim = dvf.dim() - 2
+    axes = _normalised_axes(tuple(dvf.shape[2:]), dvf.dtype, dvf.device)
+    # channel-first (contiguous writes); grid_sample accepts the channel-last view as it is
+    out = torch.empty_like(dvf, memory_format=torch.contiguous_format)
+    for k, (coords, scale) in enumerate(axes):
+        torch.add(coords, dvf[:, k], alpha=scale, out=out[:, ndim - 1 - k])
+    return out.movedim(1, -1), [scale for _, scale in axes]
+
+
 class _DvfToGrid(torch.autograd.Function):
     """Voxel DVF -> normalised grid in one pass per axis; the backward pass is one scaled copy.
 
@@ -61,14 +72,8 @@ class _DvfToGrid(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, dvf: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ndim = dvf.dim() - 2
-        axes = _normalised_axes(tuple(dvf.shape[2:]), dvf.dtype, dvf.device)
-        ctx.scales = [scale for _, scale in axes]
-        # channel-first (contiguous writes); grid_sample accepts the channel-last view as it is
-        out = torch.empty_like(dvf, memory_format=torch.contiguous_format)
-        for k, (coords, scale) in enumerate(axes):
-            torch.add(coords, dvf[:, k], alpha=scale, out=out[:, ndim - 1 - k])
-        return out.movedim(1, -1)
+        grid, ctx.scales = _grid(dvf)
+        return grid
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -85,7 +90,9 @@ def dvf_to_grid(dvf: torch.Tensor) -> torch.Tensor:
 
     ``grid[..., ndim-1-k] = 2 (x_k + u_k(x)) / (S_k - 1) - 1``: channel-last, axes in x/y(/z) order.
     """
-    return _DvfToGrid.apply(dvf)
+    if dvf.requires_grad and torch.is_grad_enabled():
+        return _DvfToGrid.apply(dvf)
+    return _grid(dvf)[0]  # no autograd bookkeeping when no gradient is needed
 
 
 def _grid_mode(fn: str, mode: str) -> str:
