@@ -92,11 +92,16 @@ class RigidAgent:
         actions: ``(A, 3)`` parameter steps (default :func:`default_actions`: ±1 and ±4 degrees/voxels).
         qnet: the Q-network (default a :class:`QNetwork` with ``len(actions)`` outputs).
         points: number of grid points per axis of :math:`P` for the distance :math:`D`.
+        max_rotation, max_translation: the range of transforms the agent is trained on (degrees,
+            voxels; :func:`train_agent` draws true transforms and states from it) and the box its
+            roll-outs stay in (actions that would leave it are not taken: the Q-network knows nothing
+            about states outside).
     """
 
     def __init__(self, shape: Sequence[int] = (64, 64), actions: torch.Tensor | None = None, qnet: QNetwork | None = None,
-                 points: int = 8):
+                 points: int = 8, max_rotation: float = 20.0, max_translation: float = 8.0):
         self.shape = tuple(int(s) for s in shape)
+        self.max_rotation, self.max_translation = float(max_rotation), float(max_translation)
         if len(self.shape) != 2:
             raise ValueError(f"RigidAgent: shape must be 2D (H, W), got {shape!r}")
         self.actions = default_actions() if actions is None else torch.as_tensor(actions, dtype=torch.float32)
@@ -127,9 +132,9 @@ class RigidAgent:
                  stop: bool = True) -> AgentResult:
         """Register ``moving`` to ``fixed`` (``(B, 1, H, W)``) greedily from the identity.
 
-        Every step applies the action with the highest Q-value; with ``stop=True`` a pair stops
-        when no action has a positive predicted value or when it would return to a state it has
-        visited (an oscillation). ``truth`` ``(B, 3)`` (true parameters) records the distances.
+        Every step applies the action with the highest Q-value among those that keep the parameters
+        in the agent's range; with ``stop=True`` a pair stops when no action has a positive predicted
+        value or when it would return to a state it has visited (an oscillation). ``truth`` ``(B, 3)`` (true parameters) records the distances.
         """
         fixed = check_image("RigidAgent.register", "fixed", fixed, ndim=2)
         moving = check_image("RigidAgent.register", "moving", moving, ndim=2)
@@ -140,6 +145,7 @@ class RigidAgent:
         dev = next(self.qnet.parameters()).device
         fixed, moving = fixed.to(dev), moving.to(dev)
         acts = self.actions.to(dev)
+        bound = torch.tensor([self.max_rotation, self.max_translation, self.max_translation], device=dev)
         B = fixed.shape[0]
         p = torch.zeros(B, 3, device=dev)
         active = torch.ones(B, dtype=torch.bool, device=dev)
@@ -147,6 +153,8 @@ class RigidAgent:
         for _ in range(steps):
             moved = affine_warp(moving, rigid_from_params(p, self.shape))
             q = self.qnet(fixed, moved)
+            inside = ((p[:, None] + acts[None]).abs() <= bound + 1e-6).all(-1)  # (B, A)
+            q = q.masked_fill(~inside, -math.inf)
             a = q.argmax(1)
             new = p + acts[a]
             for b in range(B):
@@ -213,14 +221,17 @@ class RigidPairs(Dataset):
 
 
 def train_agent(agent: RigidAgent, images: torch.Tensor, steps: int = 500, val_images: torch.Tensor | None = None,
-                max_rotation: float = 20.0, max_translation: float = 8.0, **train_kwargs: Any):
-    """Train the agent's Q-network by supervised Q-learning on random states of ``images`` with the one
-    training loop (:func:`regedu.learning.train`, objective ``"regression"``). Returns the history."""
+                **train_kwargs: Any):
+    """Train the agent's Q-network by supervised Q-learning on random states of ``images`` (true transforms
+    and states in the agent's range) with the one training loop (:func:`regedu.learning.train`,
+    objective ``"regression"``; ``train_kwargs`` such as ``lr``, ``batch_size``, ``device`` go there).
+    Returns the history; ``val_images`` adds validation (``mse``, ``argmax_accuracy``: how often the
+    best predicted action is the best action)."""
     from .train import train
 
-    data = RigidPairs(images, size=max(steps, 1) * train_kwargs.get("batch_size", 4), agent=agent,
-                      max_rotation=max_rotation, max_translation=max_translation)
+    ranges = dict(max_rotation=agent.max_rotation, max_translation=agent.max_translation)
+    data = RigidPairs(images, size=max(steps, 1) * train_kwargs.get("batch_size", 4), agent=agent, **ranges)
     val = None
     if val_images is not None:
-        val = RigidPairs(val_images, size=64, agent=agent, max_rotation=max_rotation, max_translation=max_translation, seed=1)
+        val = RigidPairs(val_images, size=64, agent=agent, seed=1, **ranges)
     return train(agent.qnet, data, "regression", steps=steps, val_data=val, **train_kwargs)

@@ -20,6 +20,7 @@ with a learned component.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -29,7 +30,8 @@ from torch.utils.data import Dataset
 
 from .._checks import check_image
 from ..fields import magnitude, random_dvf
-from ..spatial_transformer import warp
+from ..spatial_transformer import affine_to_dvf, warp
+from ..transforms import rigid_matrix
 from .networks import ConvBlock, _check_features, _conv, _pair_input
 
 
@@ -86,6 +88,7 @@ class SimilarityNet(nn.Module):
         parameter gradients); the loss stays differentiable with respect to ``moved``."""
         self.eval()
         self.requires_grad_(False)
+        self.zero_grad(set_to_none=True)
 
         def learned_similarity_loss(fixed: torch.Tensor, moved: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
             p = next(self.parameters())
@@ -108,16 +111,20 @@ class MisalignedPairs(Dataset):
     have ``fixed``, ``moving`` and the ground truth ``dvf``). Item ``i``: the pair is first aligned,
     ``aligned = warp(moving, dvf)``, then misaligned by a random smooth field :math:`v` whose largest
     displacement is uniform in ``[0, max_displacement]`` voxels (so perfectly aligned pairs occur too):
-    ``moving = warp(aligned, v)``. The regression ``target`` is the misalignment :math:`\|v(x)\|`
+    ``moving = warp(aligned, v)``. With probability ``rigid`` the field is instead a random rigid
+    transformation about the image centre (rotation up to ``max_rotation`` degrees, translation up to
+    ``max_displacement / 2`` voxels per axis; 2D only), the global misalignment the learned similarity
+    is mostly used for. The regression ``target`` is the misalignment :math:`\|v(x)\|`
     averaged over each output cell of the network (a network that halves the resolution ``halvings``
     times, as :class:`SimilarityNet` with ``len(features) - 1`` halvings).
 
     Items: ``fixed``, ``moving`` ``(C, *S)``, ``target`` ``(1, *S')`` with ``S' = ceil(S / 2**halvings)``.
     """
 
-    def __init__(self, pairs: Dataset, max_displacement: float = 6.0, smoothness: float | None = None, halvings: int = 2,
-                 seed: int | None = None):
+    def __init__(self, pairs: Dataset, max_displacement: float = 10.0, smoothness: float | None = None, halvings: int = 2,
+                 rigid: float = 0.5, max_rotation: float = 10.0, seed: int | None = None):
         self.pairs, self.max_displacement, self.smoothness, self.halvings, self.seed = pairs, float(max_displacement), smoothness, int(halvings), seed
+        self.rigid, self.max_rotation = float(rigid), float(max_rotation)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -128,8 +135,13 @@ class MisalignedPairs(Dataset):
         shape = tuple(fixed.shape[2:])
         g = torch.Generator().manual_seed(self.seed * 100_003 + i) if self.seed is not None else None
         amp = float(torch.rand((), generator=g)) * self.max_displacement
-        smooth = self.smoothness if self.smoothness is not None else min(shape) / 8
-        v = random_dvf(shape, amp, smooth, seed=None if g is None else int(torch.randint(0, 2**31 - 1, (), generator=g)))
+        if len(shape) == 2 and float(torch.rand((), generator=g)) < self.rigid:
+            u = (2 * torch.rand(3, generator=g) - 1) * amp / self.max_displacement
+            params = torch.stack([u[0] * math.radians(self.max_rotation), u[1] * amp / 2, u[2] * amp / 2])
+            v = affine_to_dvf(rigid_matrix(params, center=[(s - 1) / 2 for s in shape]), shape)
+        else:
+            smooth = self.smoothness if self.smoothness is not None else min(shape) / 8
+            v = random_dvf(shape, amp, smooth, seed=None if g is None else int(torch.randint(0, 2**31 - 1, (), generator=g)))
         moved = warp(warp(moving, dvf), v)
         out = list(shape)
         for _ in range(self.halvings):
@@ -139,7 +151,7 @@ class MisalignedPairs(Dataset):
         return {"fixed": fixed[0], "moving": moved[0], "target": target[0]}
 
 
-def train_similarity(net: SimilarityNet, pairs: Dataset, steps: int = 300, max_displacement: float = 6.0,
+def train_similarity(net: SimilarityNet, pairs: Dataset, steps: int = 300, max_displacement: float = 10.0,
                      val_pairs: Dataset | None = None, **train_kwargs: Any):
     """Train ``net`` to regress misalignment on :class:`MisalignedPairs` of ``pairs`` with the one
     training loop (:func:`regedu.learning.train`, objective ``"regression"``). Returns the history."""
