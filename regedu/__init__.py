@@ -6,6 +6,7 @@ affine matrices are homogeneous and map fixed voxels to moving voxels; ``align_c
 """
 
 from . import data, fields, filters, regularisers, similarity, spatial_transformer, transforms, utils
+from . import learning  # learning-based registration (networks, training loop, STN, learned similarity, RL)
 from .fields import (
     bspline_to_dvf,
     compose,

@@ -91,6 +91,9 @@ class History:
         return fig
 
 
+MAX_SHUFFLE = 1_000_000  # data sets with more items are read in order (no permutation in memory)
+
+
 def to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor of a (nested dict / list / tuple) batch to ``device``."""
     if isinstance(batch, torch.Tensor):
@@ -106,6 +109,9 @@ def _loader(data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable:
     if isinstance(data, Dataset) and hasattr(data, "__len__"):
         g = torch.Generator()
         g.manual_seed(seed)
+        # a random permutation of a huge on-the-fly dataset (e.g. size=10**9) would not fit in memory,
+        # and its items are random anyway: read those in order
+        shuffle = shuffle and len(data) <= MAX_SHUFFLE
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=0)
     if isinstance(data, Iterable):
         return data
@@ -206,7 +212,8 @@ def train(
 
     Args:
         model: any module whose output the objective understands (see :mod:`~regedu.learning.networks`).
-        data: a torch ``Dataset`` (wrapped in a shuffling ``DataLoader`` of ``batch_size``; a train-mode
+        data: a torch ``Dataset`` (wrapped in a ``DataLoader`` of ``batch_size``, shuffled unless it has more
+            than a million items; a train-mode
             :class:`regedu.data.PairDataset` makes fresh random pairs every item), a ``DataLoader``, or any
             iterable of batches (re-iterated when exhausted).
         objective: name (``"supervised"``, ``"weak"``, ``"unsupervised"``, ``"diffeomorphic"``, ``"cycle"``,
