@@ -220,6 +220,10 @@ def test_every_fixture_has_an_expectation():
 def test_hostile_submission_scores_as_expected(hostile_batch, name):
     if name == "tamper" and name not in hostile_batch["names"]:
         pytest.skip("needs the namespace sandbox")
+    if name == "read_hidden_tests" and not NAMESPACES:
+        # without namespaces the kernel runs as the instructor's user and can read the course folder;
+        # coursework/README.md ("Security design") says so: grade on Linux with user namespaces
+        pytest.skip("hiding the hidden tests from a submission needs the namespace sandbox")
     row = hostile_batch["rows"][(name, "a1_transforms")]
     total, status = EXPECTED[name]
     detail = {g: q["feedback"] for g, q in row["questions"].items() if q["feedback"]}
@@ -305,3 +309,23 @@ def test_guard_restores_changed_files(tmp_path):
     (tmp_path / "sub" / "b.ipynb").unlink()
     assert sorted(Path(p).name for p in guard.verify()) == ["a.py", "b.ipynb"]
     assert (tmp_path / "a.py").read_text() == "original" and (tmp_path / "sub" / "b.ipynb").read_text() == "{}"
+
+
+def test_sandbox_works_for_a_course_below_tmp(tmp_path):
+    """A course cloned below /tmp (CI may clone there) must still get the namespace sandbox: the
+    sandbox's private /tmp must not hide the read-only course paths below it."""
+    if not NAMESPACES:
+        pytest.skip("no user namespaces on this machine")
+    from coursework.grading import kernel as K
+
+    below = tmp_path / "venvlike"
+    if not str(below).startswith("/tmp/"):
+        pytest.skip(f"pytest's temporary folder {tmp_path} is not below /tmp")
+    below.mkdir()
+    (below / "marker.txt").write_text("visible")
+    root = tmp_path / "root"
+    root.mkdir()
+    spec = dict(root=str(root), readonly=[*K.readonly_paths(), str(below)], writable=[], cwd="/", env={"PATH": "/usr/bin:/bin"},
+                cmd=[sys.executable, "-I", "-S", "-c", f"print(open('{below}/marker.txt').read())"])
+    out = subprocess.run([*K.UNSHARE, sys.executable, "-I", "-S", K.NSINIT, json.dumps(spec)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "visible" in out.stdout, out.stderr[-1000:]

@@ -57,13 +57,19 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     root = spec["root"]
     run("mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", root)
+    # read-only paths below /tmp (e.g. a course cloned to /tmp) go on top of the private /tmp, so they
+    # are grafted after it; everything else before (/dev must exist before /dev/shm is mounted)
+    below_tmp = [p for p in spec["readonly"] if os.path.abspath(p).startswith("/tmp/")]
     for p in spec["readonly"]:
-        graft(p, root)
+        if p not in below_tmp:
+            graft(p, root)
     for d in ("proc", "tmp", "dev/shm", "oldroot"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     run("mount", "-t", "proc", "proc", os.path.join(root, "proc"))
     run("mount", "-t", "tmpfs", "-o", "size=256m,mode=1777", "tmpfs", os.path.join(root, "tmp"))
     run("mount", "-t", "tmpfs", "-o", "size=256m,mode=1777", "tmpfs", os.path.join(root, "dev/shm"))
+    for p in below_tmp:
+        graft(p, root)
     for p in spec["writable"]:  # last: they may lie below /tmp
         graft(p, root, writable=True)
     run("pivot_root", root, os.path.join(root, "oldroot"))
