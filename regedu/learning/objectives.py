@@ -45,6 +45,11 @@ Batch = Any
 Logs = dict[str, float]
 
 
+def _num(x: torch.Tensor | float) -> float:
+    """A Python float of a (possibly graph-attached) scalar, without a warning."""
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
 def _main_output(output: Output) -> dict:
     """The forward registration output (a cycle objective's output holds both directions)."""
     return output["forward"] if isinstance(output, dict) and "forward" in output else output
@@ -59,13 +64,13 @@ def registration_metrics(output: Output, batch: Batch) -> Logs:
     """
     out = _main_output(output)
     dvf = out["dvf"]
-    logs: Logs = {"folding": float(folding_fraction(dvf.detach()).mean())}
+    logs: Logs = {"folding": _num(folding_fraction(dvf.detach()).mean())}
     if "fixed_labels" in batch and "moving_labels" in batch:
         warped = warp_labels(batch["moving_labels"], dvf.detach())
-        logs["dice"] = float(dice(batch["fixed_labels"], warped))
+        logs["dice"] = _num(dice(batch["fixed_labels"], warped))
     if "dvf" in batch:
-        logs["epe"] = float(endpoint_error(dvf.detach(), batch["dvf"], batch.get("mask")).mean())
-    logs["mse"] = float((batch["fixed"] - out["moved"].detach()).pow(2).mean())
+        logs["epe"] = _num(endpoint_error(dvf.detach(), batch["dvf"], batch.get("mask")).mean())
+    logs["mse"] = _num((batch["fixed"] - out["moved"].detach()).pow(2).mean())
     return logs
 
 
@@ -117,7 +122,7 @@ class Supervised(Objective):
                            "(e.g. regedu.data.PairDataset) or an unsupervised objective")
         mask = batch.get("mask") if self.masked else None
         loss = endpoint_error(output["dvf"], batch["dvf"], mask).mean()
-        return loss, {"loss": float(loss), "epe": float(loss)}
+        return loss, {"loss": _num(loss), "epe": _num(loss)}
 
 
 class WeaklySupervised(Objective):
@@ -150,14 +155,14 @@ class WeaklySupervised(Objective):
         warped = warp(one_hot(batch["moving_labels"], k).to(dvf.dtype), dvf)
         overlap = soft_dice(target, warped)
         loss = 1 - overlap
-        logs = {"soft_dice": float(overlap)}
+        logs = {"soft_dice": _num(overlap)}
         if self._sim is not None and self.similarity_weight:
             sim = self._sim(batch["fixed"], output["moved"], mask=None)
             loss = loss + self.similarity_weight * sim
-            logs["similarity"] = float(sim)
+            logs["similarity"] = _num(sim)
         reg = _smoothness(output, self._reg, self.weight)
         loss = loss + reg
-        logs.update(regulariser=float(reg), loss=float(loss))
+        logs.update(regulariser=_num(reg), loss=_num(loss))
         return loss, logs
 
 
@@ -168,14 +173,16 @@ class Unsupervised(Objective):
 
     ``similarity``: a loss name (``"mse"``, ``"ncc"``, ``"lncc"``, ``"mi"``, ``"ssd"``) or a callable
     ``loss(fixed, moved, mask=None)``; ``regulariser``: ``"diffusion"`` (:math:`\|\nabla u\|^2`,
-    VoxelMorph) or ``"bending"``; ``weight`` = :math:`\lambda`. ``masked=True`` passes ``batch["mask"]``
+    VoxelMorph) or ``"bending"``; ``weight`` = :math:`\lambda`. The defaults (LNCC, window 9, and
+    :math:`\lambda = 0.05`) suit brain slices with intensity changes; with ``"mse"`` on ``[0, 1]`` images
+    use :math:`\lambda \approx 0.01`. ``masked=True`` passes ``batch["mask"]``
     to the similarity. The regulariser acts on ``output["regularise"]`` (the DVF, the velocity of a
     diffeomorphic model, the deformable stages of a chain).
     """
 
     name = "unsupervised"
 
-    def __init__(self, similarity: str | Callable = "mse", regulariser: str | Callable = "diffusion", weight: float = 0.01,
+    def __init__(self, similarity: str | Callable = "lncc", regulariser: str | Callable = "diffusion", weight: float = 0.05,
                  masked: bool = False):
         self.similarity, self.regulariser, self.weight, self.masked = similarity, regulariser, weight, masked
         self._sim = get_loss(similarity)
@@ -187,7 +194,7 @@ class Unsupervised(Objective):
     def __call__(self, output: Output, batch: Batch) -> tuple[torch.Tensor, Logs]:
         sim, reg = self._terms(batch["fixed"], output, batch.get("mask") if self.masked else None)
         loss = sim + reg
-        return loss, {"loss": float(loss), "similarity": float(sim), "regulariser": float(reg)}
+        return loss, {"loss": _num(loss), "similarity": _num(sim), "regulariser": _num(reg)}
 
 
 class Diffeomorphic(Unsupervised):
@@ -222,7 +229,7 @@ class CycleConsistent(Unsupervised):
 
     name = "cycle"
 
-    def __init__(self, similarity: str | Callable = "mse", regulariser: str | Callable = "diffusion", weight: float = 0.01,
+    def __init__(self, similarity: str | Callable = "lncc", regulariser: str | Callable = "diffusion", weight: float = 0.05,
                  cycle_weight: float = 0.01, masked: bool = False):
         super().__init__(similarity, regulariser, weight, masked)
         self.cycle_weight = cycle_weight
@@ -237,8 +244,8 @@ class CycleConsistent(Unsupervised):
         u, w = fwd["dvf"], bwd["dvf"]
         cycle = 0.5 * (compose(u, w).pow(2).sum(1).mean() + compose(w, u).pow(2).sum(1).mean())
         loss = sim_f + sim_b + reg_f + reg_b + self.cycle_weight * cycle
-        return loss, {"loss": float(loss), "similarity": float(sim_f + sim_b), "regulariser": float(reg_f + reg_b),
-                      "cycle": float(cycle)}
+        return loss, {"loss": _num(loss), "similarity": _num(sim_f + sim_b), "regulariser": _num(reg_f + reg_b),
+                      "cycle": _num(cycle)}
 
 
 def _xy(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,11 +265,11 @@ class Classification(Objective):
     def __call__(self, output: Output, batch: Batch) -> tuple[torch.Tensor, Logs]:
         y = _xy(batch)[1]
         loss = F.cross_entropy(output, y)
-        return loss, {"loss": float(loss), "accuracy": float((output.argmax(1) == y).float().mean())}
+        return loss, {"loss": _num(loss), "accuracy": _num((output.argmax(1) == y).float().mean())}
 
     def metrics(self, output: Output, batch: Batch) -> Logs:
         y = _xy(batch)[1]
-        return {"accuracy": float((output.argmax(1) == y).float().mean()), "loss": float(F.cross_entropy(output, y))}
+        return {"accuracy": _num((output.argmax(1) == y).float().mean()), "loss": _num(F.cross_entropy(output, y))}
 
 
 class Regression(Objective):
@@ -280,13 +287,13 @@ class Regression(Objective):
         if output.shape != target.shape:
             raise ValueError(f"Regression: model output {tuple(output.shape)} and batch['target'] {tuple(target.shape)} must have the same shape")
         loss = F.mse_loss(output, target)
-        return loss, {"loss": float(loss)}
+        return loss, {"loss": _num(loss)}
 
     def metrics(self, output: Output, batch: Batch) -> Logs:
         target = batch["target"].to(output.dtype)
-        logs = {"mse": float(F.mse_loss(output, target)), "mae": float((output - target).abs().mean())}
+        logs = {"mse": _num(F.mse_loss(output, target)), "mae": _num((output - target).abs().mean())}
         if output.dim() == 2 and output.shape[1] > 1:
-            logs["argmax_accuracy"] = float((output.argmax(1) == target.argmax(1)).float().mean())
+            logs["argmax_accuracy"] = _num((output.argmax(1) == target.argmax(1)).float().mean())
         return logs
 
 

@@ -283,7 +283,7 @@ def train(
             output = obj.forward(model, batch)
             loss, logs = obj(output, batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"train: the loss became {float(loss)} at step {step}; lower lr or the weights")
+                raise FloatingPointError(f"train: the loss became {float(loss.detach())} at step {step}; lower lr or the weights")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:
@@ -291,7 +291,7 @@ def train(
             optimizer.step()
             history.append("train", {"step": step, **logs})
             bar.update(1)
-            bar.set_postfix(loss=f"{logs.get('loss', float(loss)):.4g}")
+            bar.set_postfix(loss=f"{logs.get('loss', float(loss.detach())):.4g}")
             if val_data is not None and (step - start) % val_every == 0:
                 validate(step)
     finally:
