@@ -46,7 +46,9 @@ def _norm(ndim: int, kind: str | None, channels: int) -> nn.Module:
         return nn.Identity()
     if kind == "batch":
         return (nn.BatchNorm2d if ndim == 2 else nn.BatchNorm3d)(channels)
-    return (nn.InstanceNorm2d if ndim == 2 else nn.InstanceNorm3d)(channels, affine=True)
+    # instance normalisation (per image and channel, learnt scale and shift) computed as a group norm
+    # with one channel per group: the same numbers as nn.InstanceNorm*d(affine=True), several times faster
+    return nn.GroupNorm(channels, channels)
 
 
 class ConvBlock(nn.Sequential):
