@@ -119,6 +119,12 @@ def test_history_records_validation_per_epoch(brain):
         assert len(hist.val[key]) == 3 and all(math.isfinite(v) for v in hist.val[key]), key
     assert 0 <= min(hist.val["dice"]) <= max(hist.val["dice"]) <= 1
     assert net.history is hist
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = hist.plot(["loss", "dice"])
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "dice"]
+    assert len(fig.axes[1].lines) == 1 and list(fig.axes[1].lines[0].get_ydata()) == hist.val["dice"]
 
 
 def test_training_is_deterministic(brain):
