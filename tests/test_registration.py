@@ -346,7 +346,7 @@ def test_clear_errors_for_impossible_requests(brain2d):
         register(img, img, transform="dense", regulariser="tv")
     with pytest.raises(ValueError, match=r"fixed must be a 4D or 5D tensor"):
         register(img[0], img[0])
-    with pytest.raises(ValueError, match="must both be 2D or both 3D"):
+    with pytest.raises(ValueError, match=r"register: fixed and moving must have the same number of spatial dimensions, got fixed \(1, 1, 96, 80\) \(2D\) and moving \(1, 1, 96, 80, 4\) \(3D\)"):
         register(img, img[..., None].expand(-1, -1, -1, -1, 4))
     nan = img.clone()
     nan[0, 0, 5, 5] = float("nan")

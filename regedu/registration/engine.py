@@ -331,17 +331,8 @@ def _register(
     start = time.perf_counter()
     fixed = check_image(fn, "fixed", fixed)
     moving = check_image(fn, "moving", moving)
-    if fixed.dim() != moving.dim():
-        raise ValueError(
-            f"{fn}: fixed and moving must both be 2D or both 3D, got fixed {_shape(fixed)} ({fixed.dim() - 2}D) "
-            f"and moving {_shape(moving)} ({moving.dim() - 2}D)"
-        )
-    if fixed.shape[2:] != moving.shape[2:]:
-        raise ValueError(
-            f"{fn}: fixed and moving must have the same spatial size, got fixed {tuple(fixed.shape[2:])} and moving "
-            f"{tuple(moving.shape[2:])}; resample the moving image first, e.g. regedu.resize(moving, shape={tuple(fixed.shape[2:])})"
-        )
-    check_same_spatial(fn, "fixed", fixed, "moving", moving)
+    check_same_spatial(fn, "fixed", fixed, "moving", moving,
+                       hint=f"resample the moving image first, e.g. regedu.resize(moving, shape={tuple(fixed.shape[2:])})")
     if fixed.shape[1] != moving.shape[1]:
         raise ValueError(f"{fn}: fixed and moving must have the same number of channels, got {fixed.shape[1]} and {moving.shape[1]}")
     if not fixed.is_floating_point() or not moving.is_floating_point():
