@@ -58,5 +58,17 @@ def _seed():
 
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small convolutions run fastest on one thread, and far faster than two when the cores are shared.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # Hostile and broken submissions used by the grader tests are data, not tests: nbval must never run them.
 collect_ignore_glob = ["grader_fixtures/*", "**/grader_fixtures/*"]

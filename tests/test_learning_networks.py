@@ -9,13 +9,7 @@ from regedu import learning as L
 from regedu import transforms as T
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run fastest on one thread, and far faster than two when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("shape", [(24, 20), (13, 17), (8, 12, 10)])

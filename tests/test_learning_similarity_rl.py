@@ -11,13 +11,7 @@ from regedu.data import PairDataset, brain_slice, synthetic_subject
 from regedu.learning.rl import RigidPairs, default_actions, rigid_from_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run fastest on one thread, and far faster than two when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

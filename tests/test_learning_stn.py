@@ -8,13 +8,7 @@ from regedu import learning as L
 from regedu.data import DistortedDigits
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run fastest on one thread, and far faster than two when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 DISTORTION = dict(size=40, rotation=30, scale=(0.5, 1.0), translation=0.25)
