@@ -137,6 +137,15 @@ class UNet(nn.Module):
         return self.head(self.refine(y))
 
 
+def strided_encoder(ndim: int, in_channels: int, features: Sequence[int], norm: str | None) -> nn.Sequential:
+    """Conv blocks with ``features`` channels, stride 1 for the first and 2 (halving the size) after."""
+    blocks, c = [], in_channels
+    for i, f in enumerate(features):
+        blocks.append(ConvBlock(ndim, c, f, stride=1 if i == 0 else 2, norm=norm))
+        c = f
+    return nn.Sequential(*blocks)
+
+
 class ConvRegressor(nn.Module):
     """Convolutional encoder -> adaptive average pooling to ``pool^ndim`` cells -> MLP -> ``out_features``.
 
@@ -158,11 +167,8 @@ class ConvRegressor(nn.Module):
     ):
         super().__init__()
         feats = _check_features("ConvRegressor", features)
-        blocks, c = [], in_channels
-        for i, f in enumerate(feats):
-            blocks.append(ConvBlock(ndim, c, f, stride=1 if i == 0 else 2, norm=norm))
-            c = f
-        self.encoder = nn.Sequential(*blocks)
+        self.encoder = strided_encoder(ndim, in_channels, feats, norm)
+        c = feats[-1]
         self.pool = (nn.AdaptiveAvgPool2d if ndim == 2 else nn.AdaptiveAvgPool3d)(pool)
         self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(c * pool**ndim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, out_features))
         last = self.mlp[-1]

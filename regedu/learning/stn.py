@@ -24,7 +24,7 @@ import torch.nn as nn
 from .. import transforms
 from .._checks import check_image
 from ..spatial_transformer import affine_warp
-from .networks import ConvBlock, ConvRegressor, _check_features
+from .networks import ConvRegressor, _check_features, strided_encoder
 
 
 class SpatialTransformer(nn.Module):
@@ -80,10 +80,7 @@ class CNNClassifier(nn.Module):
                  dropout: float = 0.0, pool: int = 4, norm: str | None = "instance"):
         super().__init__()
         feats = _check_features("CNNClassifier", features)
-        blocks, c = [], in_channels
-        for i, f in enumerate(feats):
-            blocks.append(ConvBlock(ndim, c, f, stride=1 if i == 0 else 2, norm=norm))
-            c = f
+        blocks, c = strided_encoder(ndim, in_channels, feats, norm), feats[-1]
         pooling = nn.AdaptiveAvgPool2d(pool) if ndim == 2 else nn.AdaptiveAvgPool3d(pool)
         self.ndim = ndim
         self.body = nn.Sequential(*blocks, pooling, nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * pool**ndim, num_classes))

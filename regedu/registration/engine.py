@@ -300,12 +300,12 @@ def register(
         >>> result = regedu.register(fixed, moving, transform="affine", similarity="mi")
         >>> deformable = regedu.register(fixed, moving, transform="svf", similarity="lncc", init=result)
     """
-    if isinstance(fixed, torch.Tensor) and fixed.dim() in (4, 5):
-        with _threads_for(fixed.device, math.prod(fixed.shape[2:])):
-            return _register(fixed, moving, transform, similarity, regulariser, weight, levels, iterations, lr, mask,
-                             init, optimiser, progress, callback, snapshot_every, **model_kwargs)
-    return _register(fixed, moving, transform, similarity, regulariser, weight, levels, iterations, lr, mask,
-                     init, optimiser, progress, callback, snapshot_every, **model_kwargs)
+    # bad input is reported by _register; only a valid image batch chooses the thread count
+    threads = (_threads_for(fixed.device, math.prod(fixed.shape[2:]))
+               if isinstance(fixed, torch.Tensor) and fixed.dim() in (4, 5) else contextlib.nullcontext())
+    with threads:
+        return _register(fixed, moving, transform, similarity, regulariser, weight, levels, iterations, lr, mask,
+                         init, optimiser, progress, callback, snapshot_every, **model_kwargs)
 
 
 def _register(
