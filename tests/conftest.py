@@ -72,3 +72,33 @@ def one_thread():
 
 # Hostile and broken submissions used by the grader tests are data, not tests: nbval must never run them.
 collect_ignore_glob = ["grader_fixtures/*", "**/grader_fixtures/*"]
+
+
+# --- markers ---------------------------------------------------------------------------------------
+# `slow`: notebooks (nbval), grader batches and the browser test, plus tests marked by hand;
+# `bash scripts/test.sh --fast` (pytest -m "not slow") leaves them out.
+# `gpu`: needs a CUDA or MPS device; skipped, with the reason in the summary, where there is none
+# (a comparison of the CPU with itself proves nothing).
+_SLOW_PATHS = ("test_grader", "browser/")
+
+
+def _accelerators() -> list[str]:
+    import torch
+
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def pytest_collection_modifyitems(config, items):
+    have_gpu = bool(_accelerators())
+    for item in items:
+        path = str(item.fspath).replace("\\", "/")
+        if path.endswith(".ipynb") or any(part in path for part in _SLOW_PATHS) or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("gpu") and not have_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA or MPS device; none on this machine"))
