@@ -37,7 +37,7 @@ def main() -> int:
     ap.add_argument("notebooks", nargs="*", type=Path)
     ap.add_argument("--timeout", type=int, default=600, help="per cell, seconds")
     args = ap.parse_args()
-    paths = args.notebooks or sorted((ROOT / "lectures").glob("[0-9][0-9]_*.ipynb"))
+    paths = args.notebooks or sorted((ROOT / "lectures").glob("[0-9][0-9]*.ipynb"))
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}")
