@@ -39,6 +39,34 @@ def _nib():
     return nib
 
 
+def _check_affine(fn: str, A: np.ndarray, where: str = "affine") -> np.ndarray:
+    """Raise unless ``A`` is a finite, invertible 4 x 4 voxel -> world matrix with last row (0, 0, 0, 1)."""
+    if A.shape != (4, 4) or not np.all(np.isfinite(A)):
+        raise ValueError(f"{fn}: {where} must be a finite 4 x 4 matrix (voxel -> world mm), got "
+                         + (f"shape {A.shape}" if A.shape != (4, 4) else "non-finite entries (NaN or inf)"))
+    if not np.allclose(A[3], [0.0, 0.0, 0.0, 1.0]):
+        raise ValueError(f"{fn}: {where} must have last row (0, 0, 0, 1), got {A[3].tolist()}")
+    cols = np.linalg.norm(A[:3, :3], axis=0)
+    if np.min(cols) <= 0 or abs(np.linalg.det(A[:3, :3])) <= 1e-8 * np.prod(cols):
+        raise ValueError(f"{fn}: {where} is singular (det of its 3 x 3 part = {np.linalg.det(A[:3, :3]):.3g}, "
+                         f"column norms = voxel sizes {np.round(cols, 4).tolist()}): voxels would have no volume; "
+                         f"expected an invertible voxel -> world matrix")
+    return A
+
+
+def _check_spacing(fn: str, spacing, ndim: int) -> tuple[float, ...]:
+    try:
+        sp = tuple(float(s) for s in spacing)
+    except TypeError:
+        sp = (float(spacing),) * ndim
+    if len(sp) != ndim:
+        raise ValueError(f"{fn}: spacing must have one value per spatial axis ({ndim} for this {ndim}D image), "
+                         f"got {len(sp)}: {sp}")
+    if not all(np.isfinite(s) and s > 0 for s in sp):
+        raise ValueError(f"{fn}: spacing must be positive finite voxel sizes in mm, got {sp}")
+    return sp
+
+
 def _as_affine(fn: str, affine, default_spacing: Sequence[float] | None = None) -> np.ndarray:
     if affine is None:
         A = np.eye(4)
@@ -46,9 +74,45 @@ def _as_affine(fn: str, affine, default_spacing: Sequence[float] | None = None) 
             A[: len(default_spacing), : len(default_spacing)] = np.diag([float(s) for s in default_spacing])
         return A
     A = affine.detach().cpu().double().numpy() if isinstance(affine, torch.Tensor) else np.asarray(affine, dtype=np.float64)
-    if A.shape != (4, 4) or not np.all(np.isfinite(A)):
-        raise ValueError(f"{fn}: affine must be a finite 4 x 4 matrix (voxel -> world mm), got shape {A.shape}")
-    return A
+    return _check_affine(fn, A)
+
+
+def _check_target(fn: str, path: PathLike, overwrite: bool) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{fn}: '{p}' is a folder, expected a file name ending in .nii or .nii.gz")
+    if not p.name.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{fn}: path must end in .nii or .nii.gz, got '{p}'")
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"{fn}: '{p}' already exists; pass overwrite=True to replace it")
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"{fn}: the folder '{p.parent}' does not exist (create it first)")
+    return p
+
+
+# deflate never compresses by more than about 1032:1, so a .nii.gz cannot hold more than this many bytes
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _check_size(fn: str, p: Path, img) -> None:
+    """Raise ``ValueError`` when the header claims more voxel data than the file can hold (before allocating)."""
+    hdr = img.header
+    n_vox = int(np.prod([int(s) for s in img.shape], dtype=object)) if len(img.shape) else 1
+    need = n_vox * hdr.get_data_dtype().itemsize + int(hdr.get_data_offset())
+    size = p.stat().st_size
+    if p.name.endswith(".gz"):
+        with open(p, "rb") as f:  # a gzip member ends with its uncompressed size modulo 2**32
+            f.seek(max(size - 4, 0))
+            isize = int.from_bytes(f.read(4), "little")
+        too_big = need > _MAX_DEFLATE_RATIO * size or (need < 2**32 and isize < need)
+        have = f"{size} compressed bytes ({isize} uncompressed)"
+    else:
+        too_big = need > size
+        have = f"{size} bytes"
+    if too_big:
+        raise ValueError(f"{fn}: '{p}' is truncated or its header is corrupt: the header claims shape "
+                         f"{tuple(int(s) for s in img.shape)} of {hdr.get_data_dtype()} ({need} bytes with the header), "
+                         f"but the file holds {have}")
 
 
 def _open(fn: str, path: PathLike, canonical: bool):
@@ -72,6 +136,8 @@ def _open(fn: str, path: PathLike, canonical: bool):
     if dtype.kind not in "biuf":
         raise TypeError(f"{fn}: '{p}' holds voxels of type {dtype} (e.g. RGB colour), which is not supported; "
                         f"expected one real number per voxel (integer or floating point)")
+    _check_size(fn, p, img)
+    _check_affine(fn, np.asarray(img.affine, dtype=np.float64), where=f"the affine of '{p}'")
     if canonical:
         img = nib.as_closest_canonical(img)
     return img
@@ -82,6 +148,9 @@ def _read(fn: str, path: PathLike, img) -> np.ndarray:
         return np.asanyarray(img.dataobj)
     except (EOFError, OSError, zlib.error, ValueError) as err:
         raise ValueError(f"{fn}: '{path}' is truncated or corrupt: its voxel data cannot be read ({err})") from err
+    except MemoryError as err:
+        raise MemoryError(f"{fn}: not enough memory to read '{path}' (shape {tuple(img.shape)} of "
+                          f"{img.get_data_dtype()}); crop or downsample it with another tool first") from err
 
 
 def _spacing(A: np.ndarray, n: int) -> tuple[float, ...]:
@@ -130,6 +199,9 @@ def load_nifti(
             if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
                 raise ValueError(f"load_nifti: '{path}' holds non-integer values; labels=True needs a label map of "
                                  f"integer classes")
+        if data.size and (data.max() > np.iinfo(np.int64).max or data.min() < np.iinfo(np.int64).min):
+            raise ValueError(f"load_nifti: '{path}' holds label values up to {data.max()}, beyond int64 "
+                             f"(the dtype of label tensors); they cannot be loaded without changing them")
         t = torch.from_numpy(np.ascontiguousarray(data).astype(np.int64))
     else:
         t = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
@@ -142,6 +214,8 @@ def _to_array(fn: str, tensor: torch.Tensor | np.ndarray) -> np.ndarray:
         tensor = torch.from_numpy(tensor)
     tensor = check_tensor(fn, "tensor", tensor)
     t = tensor.detach().cpu()
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()  # NumPy has no bfloat16; half precision is stored as float32 (every value kept)
     if t.dim() in (4, 5):
         if t.shape[0] != 1 or t.shape[1] != 1:
             raise ValueError(f"{fn}: tensor must hold one image (1, 1, *S) (or just *S), got shape {tuple(t.shape)}")
@@ -152,45 +226,69 @@ def _to_array(fn: str, tensor: torch.Tensor | np.ndarray) -> np.ndarray:
     return t.numpy()
 
 
-def save_nifti(path: PathLike, tensor: torch.Tensor | np.ndarray, affine=None, spacing: Sequence[float] | None = None) -> Path:
+def _label_dtype(lo: int, hi: int) -> type:
+    """The smallest NIfTI integer type that holds every value in ``[lo, hi]`` exactly."""
+    for t in (np.uint8, np.int16, np.int32, np.uint32, np.int64):
+        info = np.iinfo(t)
+        if info.min <= lo and hi <= info.max:
+            return t
+    return np.uint64
+
+
+def save_nifti(
+    path: PathLike,
+    tensor: torch.Tensor | np.ndarray,
+    affine=None,
+    spacing: Sequence[float] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Save an image or a label map as NIfTI (``.nii.gz`` compresses).
 
     ``tensor`` ``(1, 1, *S)`` or ``S``; a 2D image is saved as one slice ``(H, W, 1)``. Floating
-    tensors are stored as float32; integer tensors (label maps) as the smallest of uint8, int16, int32
-    that holds them, with intent ``label`` so viewers show them as segmentations. ``affine``: 4 x 4
-    voxel -> world mm (e.g. a :class:`Volume`'s); default ``diag(spacing)`` (spacing default 1 mm).
-    The array axes are the tensor's spatial axes. Returns the path.
+    tensors are stored as float32 (float64 as float64); integer and bool tensors (label maps) as the
+    smallest of uint8, int16, int32, uint32, int64 that holds every value exactly (so no label value
+    changes in a save/load round trip), with intent ``label`` so viewers show them as segmentations.
+    ``affine``: 4 x 4 voxel -> world mm (e.g. a :class:`Volume`'s), finite and invertible; default
+    ``diag(spacing)`` (``spacing``: one positive value per spatial axis, default 1 mm; giving both is
+    an error). The array axes are the tensor's spatial axes. An existing file is only replaced with
+    ``overwrite=True`` (else ``FileExistsError``). Returns the path.
     """
     nib = _nib()
     a = _to_array("save_nifti", tensor)
+    if spacing is not None:
+        if affine is not None:
+            raise ValueError("save_nifti: give either affine or spacing (the affine already holds the voxel size), not both")
+        spacing = _check_spacing("save_nifti", spacing, a.ndim)
     A = _as_affine("save_nifti", affine, spacing)
+    p = _check_target("save_nifti", path, overwrite)
     if a.ndim == 2:
         a = a[:, :, None]
     if a.dtype.kind in "biu":
         lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-        out = np.uint8 if lo >= 0 and hi < 256 else np.int16 if -32768 <= lo and hi < 32768 else np.int32
-        img = nib.Nifti1Image(a.astype(out), A)
+        out = _label_dtype(lo, hi)
+        img = nib.Nifti1Image(a.astype(out), A, dtype=out)
         img.header.set_intent("label")
     elif a.dtype.kind == "f":
-        img = nib.Nifti1Image(a.astype(np.float32), A)
+        out = np.float64 if a.dtype == np.float64 else np.float32
+        img = nib.Nifti1Image(a.astype(out), A, dtype=out)
     else:
         raise TypeError(f"save_nifti: tensor must hold real numbers (float or integer), got dtype {a.dtype}")
     img.header.set_xyzt_units("mm")
     img.set_qform(A, code=1)
     img.set_sform(A, code=1)
-    p = Path(path)
     nib.save(img, str(p))
     return p
 
 
-def save_dvf(path: PathLike, dvf: torch.Tensor, affine=None, units: str = "mm", itk: bool = False) -> Path:
+def save_dvf(path: PathLike, dvf: torch.Tensor, affine=None, units: str = "mm", itk: bool = False,
+             overwrite: bool = False) -> Path:
     """Save a displacement field ``(1, ndim, *S)`` (voxels, tensor axis order) as a 5D vector NIfTI.
 
     The file has shape ``(X, Y, Z, 1, 3)`` and intent ``vector``. ``units="mm"`` (default) stores
     world-axis millimetres ``A[:3, :3] @ u`` (RAS+, or LPS with ``itk=True`` for ITK/ANTs/SimpleITK);
     ``units="voxel"`` stores the voxel displacements as they are (channel ``k`` along array axis ``k``;
     3 components, the third 0 for 2D). The unit is written into the header's ``descrip`` and read
-    back by :func:`load_dvf`. Returns the path.
+    back by :func:`load_dvf`. An existing file is only replaced with ``overwrite=True``. Returns the path.
     """
     nib = _nib()
     dvf = check_dvf("save_dvf", "dvf", dvf)
@@ -200,6 +298,7 @@ def save_dvf(path: PathLike, dvf: torch.Tensor, affine=None, units: str = "mm", 
         raise ValueError(f"save_dvf: units must be 'mm' or 'voxel', got {units!r}")
     ndim = dvf.shape[1]
     A = _as_affine("save_dvf", affine)
+    p = _check_target("save_dvf", path, overwrite)
     u = dvf[0].detach().cpu().double().numpy()  # (ndim, *S)
     if ndim == 2:
         u = np.concatenate([u, np.zeros_like(u[:1])])[..., None]  # (3, H, W, 1)
@@ -216,7 +315,6 @@ def save_dvf(path: PathLike, dvf: torch.Tensor, affine=None, units: str = "mm", 
     img.header["descrip"] = f"regedu DVF units={units}{' LPS' if itk else ''}".encode()
     img.set_qform(A, code=1)
     img.set_sform(A, code=1)
-    p = Path(path)
     nib.save(img, str(p))
     return p
 

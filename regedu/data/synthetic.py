@@ -81,6 +81,15 @@ def _coarse_shape(shape: Sequence[int], factor: float) -> tuple[int, ...]:
     return tuple(max(2, int(math.ceil((s - 1) / factor)) + 1) for s in shape)
 
 
+def _nonneg(fn: str, name: str, value: object, allow_none: bool = False) -> None:
+    """Raise unless ``value`` is a finite number >= 0 (a strength, a noise level, a displacement in voxels)."""
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    if not ok:
+        raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {value!r}")
+
+
 def _amplitudes(fn: str, amplitude: float | Sequence[float], batch: int, like: torch.Tensor) -> torch.Tensor:
     a = torch.as_tensor(amplitude, dtype=like.dtype).to(like.device).reshape(-1)
     if a.numel() == 1:
@@ -276,6 +285,8 @@ def random_intensity(
     ``max |b|`` uniform in ``[0, bias]``, and Gaussian noise of standard deviation ``noise``.
     A parameter of 0 switches that change off.
     """
+    for name, value in (("gamma", gamma), ("bias", bias), ("noise", noise)):
+        _nonneg("random_intensity", name, value)
     gen = seed if isinstance(seed, torch.Generator) else _gen(seed)
     B = image.shape[0]
     view = (B, *([1] * (image.dim() - 1)))
@@ -457,8 +468,14 @@ class PairDataset(Dataset):
         check_choice("PairDataset", "modality", modality, ("same", "t2"))
         if model is not None:
             check_choice("PairDataset", "model", model, MODELS)
-        if not isinstance(size, int) or size < 1:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"PairDataset: size (the number of items) must be a positive integer, got {size!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"PairDataset: seed must be an integer >= 0, got {seed!r}")
+        for name, value in (("max_displacement", max_displacement), ("subject_displacement", subject_displacement)):
+            _nonneg("PairDataset", name, value, allow_none=True)
+        for name, value in (("affine", affine), ("gamma", gamma), ("bias", bias), ("noise", noise)):
+            _nonneg("PairDataset", name, value)
         from .brain import brain_slice, load_brain
         from .volume import fit_volume
 
