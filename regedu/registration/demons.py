@@ -24,23 +24,24 @@ history is the MSE between the fixed and the moved image (the energy that demons
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .._checks import _shape, check_choice, check_image, check_same_spatial
+from .._checks import check_choice
 from ..fields import compose, integrate_velocity
-from ..filters import gaussian_blur, spatial_gradient
+from ..filters import spatial_gradient
 from ..similarity import mse
-from ..spatial_transformer import image_pyramid, resize_dvf, warp
-from .engine import MIN_LEVEL_SIZE, _level_shapes, _max_levels, _per_level, _threads_for
+from ..spatial_transformer import resize_dvf, warp
+from .history import HistoryRecorder
+from .models import smooth
+from .planning import check_count, check_number, check_pair, per_level, plan_levels, pyramid, threads_for
 from .result import RegistrationResult
 
+DEFAULT_LEVELS = 3
 
-def _smooth(u: torch.Tensor, sigma: float) -> torch.Tensor:
-    return gaussian_blur(u, sigma) if sigma > 0 else u
+_smooth = smooth  # the name before the models shared it
 
 
 def demons(
@@ -84,57 +85,26 @@ def demons(
     """
     fn = "demons"
     start = time.perf_counter()
-    fixed = check_image(fn, "fixed", fixed)
-    moving = check_image(fn, "moving", moving)
-    if fixed.dim() != moving.dim() or fixed.shape[2:] != moving.shape[2:]:
-        raise ValueError(
-            f"{fn}: fixed and moving must have the same spatial size, got fixed {_shape(fixed)} and moving "
-            f"{_shape(moving)}; resample the moving image first with regedu.resize"
-        )
-    check_same_spatial(fn, "fixed", fixed, "moving", moving)
-    if fixed.shape[1] != 1 or moving.shape[1] != 1:
-        raise ValueError(f"{fn}: fixed and moving must have one channel, got {fixed.shape[1]} and {moving.shape[1]}")
+    pair = check_pair(fn, fixed, moving, mask, channels=1)
     check_choice(fn, "force", force, ("symmetric", "fixed", "moving"))
-    for name, value in (("sigma_fluid", sigma_fluid), ("sigma_diffusion", sigma_diffusion)):
-        if not (value >= 0 and math.isfinite(value)):
-            raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {value}")
-    if not max_step > 0:
-        raise ValueError(f"{fn}: max_step must be positive, got {max_step}")
-    moving = moving.to(fixed.dtype)
-    shape = tuple(fixed.shape[2:])
-    ndim = len(shape)
-    batch = max(fixed.shape[0], moving.shape[0])
-    if mask is not None:
-        mask = check_image(fn, "mask", mask)
-        check_same_spatial(fn, "fixed", fixed, "mask", mask)
-        mask = mask.to(fixed)
-    if levels is None:
-        levels = min(3, _max_levels(shape))
-    if not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"{fn}: levels must be a positive integer, got {levels!r}")
-    shapes = _level_shapes(shape, levels)
-    if levels > 1 and min(shapes[0]) < MIN_LEVEL_SIZE:
-        raise ValueError(f"{fn}: levels={levels} makes the coarsest level {shapes[0]} too small; use levels <= {_max_levels(shape)}")
+    sigma_fluid = check_number(fn, "sigma_fluid", sigma_fluid)
+    sigma_diffusion = check_number(fn, "sigma_diffusion", sigma_diffusion)
+    max_step = check_number(fn, "max_step", max_step, strict=True)
+    shapes = plan_levels(fn, pair.shape, levels, DEFAULT_LEVELS, coarsest=8)
+    levels = len(shapes)
     if isinstance(iterations, (list, tuple)) and len(iterations) > levels:
         iterations = tuple(iterations)[-levels:]
-    iters = _per_level(fn, "iterations", iterations, levels, int)
+    iters = [check_count(fn, "iterations", v) for v in per_level(fn, "iterations", iterations, levels, lambda v: v)]
 
-    fixed_pyr, moving_pyr = image_pyramid(fixed, levels), image_pyramid(moving, levels)
-    mask_pyr = image_pyramid(mask, levels) if mask is not None else [None] * levels
-    history: dict[str, list[Any]] = {k: [] for k in ("loss", "similarity", "regulariser", "level", "iteration", "time")}
-    history["snapshots"] = []
-    u = torch.zeros(batch, ndim, *shapes[0], dtype=fixed.dtype, device=fixed.device)
-    eps = 1e-12
-    step = 0
-    stopped = False
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=sum(iters), desc="demons", disable=not progress, leave=False)
+    u = torch.zeros(pair.batch, pair.ndim, *shapes[0], dtype=pair.fixed.dtype, device=pair.fixed.device)
+    recorder = HistoryRecorder(fn, sum(iters), "demons", progress, snapshot_every,
+                               snapshot=lambda: _full(u, pair.moving, pair.shape), callback=callback, start=start)
     try:
-        with _threads_for(fixed.device, math.prod(shape)), torch.no_grad():
+        with threads_for(pair.fixed.device, pair.fixed[0, 0].numel()), torch.no_grad():
+            fixed_pyr, moving_pyr = pyramid(pair.fixed, shapes), pyramid(pair.moving, shapes)
+            mask_pyr = pyramid(pair.mask, shapes) if pair.mask is not None else [None] * levels
             for level in range(levels):
-                if stopped:
+                if recorder.stopped:
                     break
                 if tuple(u.shape[2:]) != shapes[level]:
                     u = resize_dvf(u, shapes[level])
@@ -142,48 +112,46 @@ def demons(
                 grad_f = spatial_gradient(f_l)[:, 0] if force != "moving" else None
                 for it in range(iters[level]):
                     moved = warp(m_l, u)
-                    diff = f_l - moved
-                    if force == "fixed":
-                        J = grad_f
-                    else:
-                        grad_m = spatial_gradient(moved)[:, 0]
-                        J = grad_m if force == "moving" else 0.5 * (grad_f + grad_m)
-                    denom = J.pow(2).sum(1, keepdim=True) + diff.pow(2) / max_step**2
-                    du = diff * J / denom.clamp_min(eps)
-                    du = torch.where(denom > eps, du, torch.zeros_like(du))
-                    if k_l is not None:
-                        du = du * k_l
-                    du = _smooth(du, sigma_fluid)
-                    u = compose(u, integrate_velocity(du, steps=4)) if diffeomorphic else u + du
-                    u = _smooth(u, sigma_diffusion)
-
+                    u = _demons_step(u, f_l, moved, grad_f, k_l, force, max_step, sigma_fluid, sigma_diffusion, diffeomorphic)
                     loss = float(mse(f_l, moved, mask=k_l))
-                    history["loss"].append(loss)
-                    history["similarity"].append(loss)
-                    history["regulariser"].append(0.0)
-                    history["level"].append(level)
-                    history["iteration"].append(step)
-                    history["time"].append(time.perf_counter() - start)
-                    step += 1
-                    bar.update(1)
-                    if snapshot_every and step % snapshot_every == 0:
-                        full = resize_dvf(u, shape) if tuple(u.shape[2:]) != shape else u
-                        history["snapshots"].append((step, warp(moving, full).cpu(), full.cpu()))
-                    if callback is not None and callback(level, it, loss, u) is True:
-                        stopped = True
+                    if recorder.record(level, it, loss, loss, 0.0, u, level_budget=iters[level]):
                         break
     finally:
-        bar.close()
+        recorder.close()
 
-    if tuple(u.shape[2:]) != shape:
-        u = resize_dvf(u, shape)
+    u = _full(u, None, pair.shape)[1]
     return RegistrationResult(
         dvf=u,
-        moved=warp(moving, u),
+        moved=warp(pair.moving, u),
         matrix=None,
-        history=history,
+        history=recorder.history,
         time=time.perf_counter() - start,
         transform="demons",
         model=None,
-        stopped_early=stopped,
+        stopped_early=recorder.stopped,
     )
+
+
+def _full(u: torch.Tensor, moving: torch.Tensor | None, shape: tuple[int, ...]) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(moved or None, dvf)`` at full resolution from a level's field."""
+    full = resize_dvf(u, shape) if tuple(u.shape[2:]) != tuple(shape) else u
+    return (warp(moving, full) if moving is not None else None), full
+
+
+def _demons_step(u, fixed, moved, grad_f, mask, force: str, max_step: float, sigma_fluid: float, sigma_diffusion: float,
+                 diffeomorphic: bool, eps: float = 1e-12) -> torch.Tensor:
+    """One demons iteration (module docstring): the bounded force, fluid smoothing, update, diffusion smoothing."""
+    diff = fixed - moved
+    if force == "fixed":
+        J = grad_f
+    else:
+        grad_m = spatial_gradient(moved)[:, 0]
+        J = grad_m if force == "moving" else 0.5 * (grad_f + grad_m)
+    denom = J.pow(2).sum(1, keepdim=True) + diff.pow(2) / max_step**2
+    du = diff * J / denom.clamp_min(eps)
+    du = torch.where(denom > eps, du, torch.zeros_like(du))
+    if mask is not None:
+        du = du * mask
+    du = smooth(du, sigma_fluid)
+    u = compose(u, integrate_velocity(du, steps=4)) if diffeomorphic else u + du
+    return smooth(u, sigma_diffusion)

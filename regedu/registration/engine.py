@@ -4,17 +4,29 @@ r"""Iterative registration: transformation model x similarity measure x optimisa
 
 .. math:: \hat\theta = \arg\min_\theta \; \mathcal{L}_{sim}\big(F, M \circ T_\theta\big) + \lambda\, R(u_\theta)
 
-by gradient descent (Adam by default) on a resolution pyramid, coarse to fine. The pieces are
+by gradient descent (L-BFGS or Adam) on a resolution pyramid, coarse to fine. The pieces are
 interchangeable: the transformation model (:mod:`regedu.registration.models`), the similarity loss
 (:func:`regedu.similarity.get_loss`: a name or any callable ``loss(fixed, moved, mask=None)``, e.g. a
 learned similarity network), the regulariser :math:`R` with its weight :math:`\lambda`
 (:mod:`regedu.regularisers`) and the optimiser (any ``torch.optim`` class).
+
+The engine is three named steps, each small enough to read on its own:
+
+1. **planning** (:func:`register`'s body, with :mod:`.planning`): check the inputs, build the model and
+   fix everything the optimisation needs in a :class:`RegistrationPlan` (levels, budgets, rates, loss,
+   regulariser, initial transformation);
+2. **the per-level loop** (:func:`optimise`): for each level, coarse to fine, a :class:`LevelObjective`
+   (the loss on that level as an optimiser closure, which also remembers the best point it evaluated)
+   is minimised by :func:`run_level`; the model keeps the best point of every level, and at the end the
+   result is never worse than the starting transformation;
+3. **the history** (:class:`~regedu.registration.history.HistoryRecorder`, shared with demons): the
+   per-iteration record, progress bar, snapshots and callback.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import copy
+import dataclasses
 import math
 import time
 from typing import Any, Callable, Sequence
@@ -22,20 +34,36 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .._checks import _shape, check_affine, check_choice, check_dvf, check_image, check_same_spatial
+from .._checks import check_affine, check_dvf
 from ..fields import compose
 from ..regularisers import get_regulariser
 from ..similarity import LOSSES, get_loss
-from ..spatial_transformer import affine_to_dvf, affine_warp, image_pyramid, resize_dvf, warp
+from ..spatial_transformer import affine_to_dvf, affine_warp, resize_dvf, warp
+from .history import HistoryRecorder
 from .models import MODELS, SVFModel, TransformationModel, rescale_matrix
+from .planning import (
+    MIN_LEVEL_SIZE,
+    SMALL_PROBLEM_VOXELS,
+    ImagePair,
+    check_pair,
+    check_same_device,
+    level_shapes,
+    max_levels,
+    per_level,
+    plan_iterations,
+    plan_levels,
+    pyramid,
+    threads_for,
+)
 from .result import RegistrationResult
 
-# Defaults per transformation model, tuned on 2D brain slices (80-192 voxels a side) and brain volumes
+# Defaults per transformation model, tuned on 2D brain slices (80-256 voxels a side) and brain volumes
 # (benchmarks/iterative.py). "optimiser" is the default optimiser; "adam"/"lbfgs" give (iterations per
 # level, coarse to fine: with fewer levels the finest entries are used; learning rate) for that
 # optimiser (other optimisers use the "adam" entry; a one-level pyramid gets the sum of the two finest
-# entries). For L-BFGS an iteration is one evaluation of loss and gradient (line searches included). "coarsest": the default pyramid has as many levels (at most
-# 3) as keep the coarsest level at least this many voxels along every axis.
+# entries). For L-BFGS an iteration is one evaluation of loss and gradient (line searches included).
+# "coarsest": the default pyramid has as many levels (at most DEFAULT_LEVELS) as keep the coarsest
+# level at least this many voxels along every axis of more than one voxel.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "translation": dict(optimiser="adam", adam=((100, 60, 30), 0.02), lbfgs=((20, 10, 5), 1.0), regulariser=None, coarsest=16),
     "rigid": dict(optimiser="adam", adam=((100, 60, 30), 0.02), lbfgs=((20, 10, 5), 1.0), regulariser=None, coarsest=16),
@@ -51,9 +79,9 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
     "diffusion": {"mse": 0.01, "ssd": 100.0, "ncc": 0.5, "lncc": 0.5, "mi": 0.5, "callable": 0.1},
     "bending": {"mse": 0.1, "ssd": 1000.0, "ncc": 1.0, "lncc": 1.0, "mi": 1.0, "callable": 0.1},
 }
+DEFAULT_SIMILARITY = "mse"
 DEFAULT_LEVELS = 3
-MIN_LEVEL_SIZE = 8
-# L-BFGS stops a level early when the loss changes by less than this between two iterations
+# L-BFGS runs its whole budget (no early stop on small changes)
 LBFGS_OPTIONS: dict[str, float] = {"tolerance_change": 0.0, "tolerance_grad": 0.0}
 
 OPTIMISERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -66,31 +94,15 @@ OPTIMISERS: dict[str, type[torch.optim.Optimizer]] = {
 
 Callback = Callable[[int, int, float, nn.Module], Any]
 
-
-def _level_shapes(shape: Sequence[int], levels: int) -> list[tuple[int, ...]]:
-    """Spatial shapes of :func:`regedu.image_pyramid`, coarsest first."""
-    out = [tuple(shape)]
-    for _ in range(levels - 1):
-        out.append(tuple(max(2, int(round((s - 1) / 2.0)) + 1) for s in out[-1]))
-    return out[::-1]
+# the names of the planning helpers before they moved to .planning (kept for code that imported them)
+_level_shapes, _max_levels, _per_level, _threads_for = level_shapes, max_levels, per_level, threads_for
+__all__ = ["register", "optimise", "run_level", "LevelObjective", "RegistrationPlan", "DEFAULTS", "DEFAULT_WEIGHTS",
+           "MIN_LEVEL_SIZE", "SMALL_PROBLEM_VOXELS"]
 
 
-def _max_levels(shape: Sequence[int], coarsest: int = MIN_LEVEL_SIZE, most: int = 8) -> int:
-    """The most levels (up to ``most``) whose coarsest level keeps ``coarsest`` voxels along every axis."""
-    n = 1
-    while n < most and min(_level_shapes(shape, n + 1)[0]) >= coarsest:
-        n += 1
-    return n
-
-
-def _per_level(fn: str, name: str, value: Any, levels: int, cast: type) -> list:
-    """A value per level (coarse to fine) from one value or a sequence; a longer default sequence keeps its finest entries."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != levels:
-            raise ValueError(f"{fn}: {name} must be one value or {levels} values (one per level, coarse to fine), got {value!r}")
-        return [cast(v) for v in value]
-    return [cast(value)] * levels
-
+# --------------------------------------------------------------------------------------------
+# 1. planning
+# --------------------------------------------------------------------------------------------
 
 def _make_model(fn: str, transform: str | TransformationModel, shape, batch: int, model_kwargs: dict) -> TransformationModel:
     if isinstance(transform, TransformationModel):
@@ -122,28 +134,33 @@ def _optimiser_key(fn: str, optimiser) -> str:
     return "custom"
 
 
-class _Stop(Exception):
-    """Raised inside the optimisation when the callback asks to stop."""
+def _choose_similarity(fn: str, similarity) -> tuple[Callable[..., torch.Tensor], str]:
+    """The loss function and its name (``"callable"`` for a user's function)."""
+    if callable(similarity):
+        return get_loss(similarity), "callable"
+    if not isinstance(similarity, str) or similarity.lower() not in LOSSES:
+        raise ValueError(f"{fn}: similarity must be one of {', '.join(repr(k) for k in LOSSES)} or a callable loss(fixed, moved, mask=None), got {similarity!r}")
+    return get_loss(similarity.lower()), similarity.lower()
 
 
-class _BudgetSpent(Exception):
-    """Raised when an L-BFGS line search asks for more evaluations than the level's budget."""
-
-
-def _make_optimiser(optimiser, key: str, params, lr: float, evaluations: int) -> torch.optim.Optimizer:
-    if key == "lbfgs":
-        # one call of step() runs the whole level: quasi-Newton iterations with a strong-Wolfe line
-        # search, at most `evaluations` evaluations of loss and gradient (each one is an "iteration")
-        return torch.optim.LBFGS(params, lr=lr, max_iter=evaluations, max_eval=evaluations,
-                                 line_search_fn="strong_wolfe", history_size=20, **LBFGS_OPTIONS)
-    cls = OPTIMISERS[key] if key != "custom" else optimiser
-    return cls(params, lr=lr)
-
-
-def _similarity_name(similarity) -> str:
-    if isinstance(similarity, str):
-        return similarity.lower()
-    return "callable"
+def _choose_regulariser(fn: str, regulariser, weight, default: str | None, sim_name: str) -> tuple[Callable | None, float]:
+    """The regulariser function (``None``: none) and its weight, defaults filled in."""
+    if isinstance(regulariser, str) and regulariser == "auto":
+        regulariser = default
+    reg_fn = None
+    if regulariser is not None:
+        if not callable(regulariser) and not (isinstance(regulariser, str) and regulariser in ("diffusion", "bending", "bending_energy")):
+            raise ValueError(f"{fn}: regulariser must be 'diffusion', 'bending', 'auto', None or a callable, got {regulariser!r}")
+        reg_fn = get_regulariser(regulariser)
+        if weight is None:
+            key = "bending" if regulariser in ("bending", "bending_energy") else "diffusion"
+            weight = DEFAULT_WEIGHTS[key].get(sim_name, DEFAULT_WEIGHTS[key]["callable"]) if isinstance(regulariser, str) else 0.1
+    weight = 0.0 if weight is None else weight
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"{fn}: weight must be a finite number >= 0, got {weight!r}")
+    if weight > 0 and reg_fn is None:
+        raise ValueError(f"{fn}: weight={weight} was given but regulariser is None; name a regulariser ('diffusion', 'bending')")
+    return (reg_fn if weight > 0 else None), float(weight)
 
 
 def _init_transform(fn: str, init, ndim: int, shape, batch: int, device, dtype):
@@ -154,6 +171,8 @@ def _init_transform(fn: str, init, ndim: int, shape, batch: int, device, dtype):
         init = init.matrix if init.matrix is not None else init.dvf
     if not isinstance(init, torch.Tensor):
         raise TypeError(f"{fn}: init must be a RegistrationResult, an affine matrix or a DVF tensor, got {type(init).__name__}")
+    if init.device != device and init.device.type != "cpu":
+        check_same_device(fn, "fixed", torch.empty(0, device=device), "init", init)
     init = init.detach().to(device=device, dtype=dtype)
     if init.dim() in (2, 3) and init.shape[-1] == init.shape[-2]:
         A = check_affine(fn, "init", init, ndim=ndim)
@@ -169,6 +188,47 @@ def _init_transform(fn: str, init, ndim: int, shape, batch: int, device, dtype):
         raise ValueError(f"{fn}: init has {u.shape[0]} fields but {batch} image pairs are registered")
     return "dvf", u
 
+
+@dataclasses.dataclass
+class RegistrationPlan:
+    """Everything :func:`register` decides before it optimises.
+
+    Attributes:
+        fn: the public function's name (for messages).
+        model: the transformation model (on the device and in the dtype of the images).
+        loss: ``loss(fixed, moved[, mask]) -> scalar`` to minimise; ``similarity`` its name.
+        regulariser: ``field -> scalar`` or ``None``; ``weight`` its weight :math:`\\lambda`.
+        shapes: the pyramid's level shapes, coarsest first (the last is the full resolution).
+        iterations, lrs: per level (coarse to fine).
+        optimiser: a name or a ``torch.optim`` class; ``opt_key`` its lower-case name (``"custom"``).
+        init: ``("matrix", A)`` or ``("dvf", u)`` at full resolution, or ``None``.
+    """
+
+    fn: str
+    model: TransformationModel
+    loss: Callable[..., torch.Tensor]
+    similarity: str
+    regulariser: Callable[[torch.Tensor], torch.Tensor] | None
+    weight: float
+    shapes: list[tuple[int, ...]]
+    iterations: list[int]
+    lrs: list[float]
+    optimiser: Any
+    opt_key: str
+    init: tuple[str, torch.Tensor] | None
+
+    @property
+    def levels(self) -> int:
+        return len(self.shapes)
+
+    @property
+    def full_shape(self) -> tuple[int, ...]:
+        return self.shapes[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# transformations on a level
+# --------------------------------------------------------------------------------------------
 
 def _init_at(init, full_shape, shape):
     """The initial transformation on a pyramid level's grid."""
@@ -203,26 +263,244 @@ def _total_matrix(A: torch.Tensor, init) -> torch.Tensor:
     return init[1] @ A
 
 
-SMALL_PROBLEM_VOXELS = 2**18
+def transformed(model: TransformationModel, moving: torch.Tensor, init, with_field: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``moving`` warped by ``model`` (after ``init``) on the model's current level, and the field to
+    regularise (``None`` unless ``with_field``)."""
+    if model.parametric:
+        moved = affine_warp(moving, _total_matrix(model.matrix(), init))
+        return moved, model.displacement() if with_field else None
+    u, field = model()
+    return warp(moving, _total_displacement(u, init)), field if with_field else None
 
 
-@contextlib.contextmanager
-def _threads_for(device: torch.device, voxels: int):
-    """Run small CPU problems on one thread.
+def full_resolution(plan: RegistrationPlan, model: TransformationModel, moving: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """``(matrix or None, dvf, moved)`` of the model's current parameters on the full-resolution grid."""
+    shape = plan.full_shape
+    with torch.no_grad():
+        if model.parametric:
+            A = model.full_matrix() if hasattr(model, "full_matrix") else rescale_matrix(model.matrix(), model.shape, shape)
+            A = _total_matrix(A, plan.init)
+            return A, affine_to_dvf(A, shape), affine_warp(moving, A)
+        u = model.displacement()
+        if model.shape != shape:
+            u = resize_dvf(u, shape)
+        total = _total_displacement(u, plan.init)
+        return None, total, warp(moving, total)
 
-    Below ``SMALL_PROBLEM_VOXELS`` voxels per image every operation is so short that splitting it over
-    threads costs more than it gains (on a busy machine, much more); the setting is restored after.
+
+# --------------------------------------------------------------------------------------------
+# 2. the per-level loop
+# --------------------------------------------------------------------------------------------
+
+class _Stop(Exception):
+    """Raised inside the optimisation when the callback asks to stop."""
+
+
+class _BudgetSpent(Exception):
+    """Raised when an L-BFGS line search asks for more evaluations than the level's budget."""
+
+
+class LevelObjective:
+    """The loss on one pyramid level, as the closure an optimiser calls.
+
+    Each call evaluates :math:`\\mathcal{L}_{sim}(F_l, M_l \\circ T) + \\lambda R(u)` at the model's current
+    parameters, back-propagates, records the iteration in the history, and remembers the best
+    parameters evaluated so far (:meth:`restore_best` puts them back). L-BFGS calls it again at the point
+    where it stopped; that repeat is answered from memory and not counted.
+
+    Args:
+        plan: the registration plan; ``level`` the level's index (0 = coarsest).
+        fixed, moving, mask: the images on this level (``mask`` may be ``None``).
+        recorder: the history recorder.
     """
-    if device.type != "cpu" or voxels >= SMALL_PROBLEM_VOXELS or torch.get_num_threads() == 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
+    def __init__(self, plan: RegistrationPlan, level: int, fixed: torch.Tensor, moving: torch.Tensor,
+                 mask: torch.Tensor | None, recorder: HistoryRecorder):
+        self.plan, self.level, self.recorder = plan, level, recorder
+        self.fixed, self.moving, self.mask = fixed, moving, mask
+        self.init = _init_at(plan.init, plan.full_shape, plan.shapes[level])
+        self.params = list(plan.model.parameters())
+        self.budget = plan.iterations[level]
+        self.evaluations = 0
+        self.best_loss = math.inf
+        self.best_params: list[torch.Tensor] | None = None
+        self._last: tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]] | None = None  # (params, loss, grads)
+
+    def terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(similarity loss, weighted regulariser)`` at the current parameters (scalars, with graph)."""
+        plan = self.plan
+        moved, field = transformed(plan.model, self.moving, self.init, plan.regulariser is not None)
+        sim = plan.loss(self.fixed, moved, mask=self.mask) if self.mask is not None else plan.loss(self.fixed, moved)
+        if not isinstance(sim, torch.Tensor) or sim.numel() != 1:
+            got = type(sim).__name__ + ("" if not isinstance(sim, torch.Tensor) else f" of shape {tuple(sim.shape)}")
+            raise ValueError(f"{plan.fn}: the similarity loss must return a scalar tensor, got {got}")
+        sim = sim.reshape(())
+        if field is None or plan.regulariser is None:
+            return sim, torch.zeros((), device=sim.device, dtype=sim.dtype)
+        return sim, plan.weight * plan.regulariser(field)
+
+    def _is_repeat(self) -> bool:
+        return self._last is not None and all(torch.equal(p, q) for p, q in zip(self.params, self._last[0]))
+
+    def __call__(self) -> torch.Tensor:
+        plan = self.plan
+        if self._is_repeat():
+            assert self._last is not None
+            for p, g in zip(self.params, self._last[2]):
+                p.grad = g.clone()
+            return self._last[1]
+        if plan.opt_key == "lbfgs" and self.evaluations >= self.budget:
+            raise _BudgetSpent
+        for p in self.params:  # = opt.zero_grad(), without its per-call profiling overhead
+            p.grad = None
+        sim, reg = self.terms()
+        loss = sim + reg
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(self._not_finite_message(float(loss.detach()), float(sim.detach()), float(reg.detach())))
+        loss.backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in self.params]
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            raise FloatingPointError(
+                f"{plan.fn}: the gradient of the loss is not finite at level {self.level}, iteration {self.evaluations} "
+                f"(loss {float(loss.detach()):.6g}: similarity {plan.similarity!r} {float(sim.detach()):.6g}, regulariser "
+                f"{float(reg.detach()):.6g}); the similarity or the regulariser has no derivative here, e.g. "
+                f"'ncc'/'lncc' on an image without contrast (constant intensities)"
+            )
+        value = float(loss.detach())
+        current = [p.detach().clone() for p in self.params]
+        if plan.opt_key == "lbfgs":
+            self._last = (current, loss.detach(), [g.clone() for g in grads])
+        if value < self.best_loss:
+            self.best_loss, self.best_params = value, current
+        iteration = self.evaluations
+        self.evaluations += 1
+        if self.recorder.record(self.level, iteration, value, float(sim.detach()), float(reg.detach()), plan.model,
+                                level_budget=self.budget):
+            raise _Stop
+        return loss
+
+    def _not_finite_message(self, loss: float, sim: float, reg: float) -> str:
+        plan = self.plan
+        where = f"{plan.fn}: the loss became {loss} at level {self.level}, iteration {self.evaluations} (similarity {sim}, regulariser {reg})"
+        if not math.isfinite(reg):
+            return where + f"; the regulariser is not finite for a field of shape {plan.shapes[self.level]} (an axis too short for its differences?)"
+        if self.level == 0 and self.evaluations == 0 and plan.init is None:
+            return where + (f"; the similarity {plan.similarity!r} is not defined for these images at the identity "
+                            f"(e.g. an image without contrast for 'ncc'/'lncc'/'mi'), so no learning rate helps")
+        return where + f"; try a smaller lr (now {plan.lrs[self.level]})"
+
+    def restore_best(self) -> None:
+        """Put the best parameters evaluated on this level back into the model."""
+        if self.best_params is not None:
+            with torch.no_grad():
+                for p, b in zip(self.params, self.best_params):
+                    p.copy_(b)
+
+
+def _make_optimiser(plan: RegistrationPlan, params, lr: float, evaluations: int) -> torch.optim.Optimizer:
+    if plan.opt_key == "lbfgs":
+        # one call of step() runs the whole level: quasi-Newton iterations with a strong-Wolfe line
+        # search, at most `evaluations` evaluations of loss and gradient (each one is an "iteration")
+        return torch.optim.LBFGS(params, lr=lr, max_iter=evaluations, max_eval=evaluations,
+                                 line_search_fn="strong_wolfe", history_size=20, **LBFGS_OPTIONS)
+    cls = OPTIMISERS[plan.opt_key] if plan.opt_key != "custom" else plan.optimiser
+    return cls(params, lr=lr)
+
+
+def _lbfgs_level(opt: torch.optim.Optimizer, objective: LevelObjective, lr: float) -> None:
+    """Run L-BFGS on one level with a well-scaled first step.
+
+    PyTorch's L-BFGS starts its first line search at a step of L1 norm one, which for a field of
+    many voxels moves each of them by a negligible amount (below float32 resolution of the loss).
+    Instead the first trial step moves the largest parameter by ``model.first_step * lr``; later
+    iterations use the quasi-Newton step (trial length ``lr``) as usual.
+    """
+    objective()
+    flat = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in objective.params])
+    g_max, g_sum = float(flat.abs().max()), float(flat.abs().sum())
+    group = opt.param_groups[0]
+    if g_max > 0:
+        group["lr"] = getattr(objective.plan.model, "first_step", 1.0) * lr / (g_max * min(1.0, 1.0 / g_sum))
+        group["max_iter"] = 1
+        opt.step(objective)
+    group.update(lr=lr, max_iter=objective.budget, max_eval=objective.budget)
+    opt.step(objective)
+
+
+def run_level(objective: LevelObjective) -> bool:
+    """Minimise one level's objective within its budget and leave the best point evaluated in the model.
+
+    Returns ``True`` if the callback asked to stop.
+    """
+    plan, level = objective.plan, objective.level
+    opt = _make_optimiser(plan, objective.params, plan.lrs[level], objective.budget)
+    stopped = False
+    try:
+        if plan.opt_key == "lbfgs":
+            _lbfgs_level(opt, objective, plan.lrs[level])  # at most `budget` evaluations
+        else:
+            for _ in range(objective.budget):
+                opt.step(objective)
+    except _BudgetSpent:
+        pass  # the budget ran out inside a line search
+    except _Stop:
+        stopped = True
+    objective.restore_best()
+    return stopped
+
+
+class _NullRecorder:
+    """Records nothing (for evaluations outside the optimisation)."""
+
+    def record(self, *args, **kwargs) -> bool:
+        return False
+
+
+def _loss_at(plan: RegistrationPlan, model: TransformationModel, fixed, moving, mask) -> float:
+    """The loss of ``model`` on the full-resolution grid (no gradient, nothing recorded)."""
+    objective = LevelObjective(dataclasses.replace(plan, model=model), plan.levels - 1, fixed, moving, mask, _NullRecorder())
+    with torch.no_grad():
+        sim, reg = objective.terms()
+    return float(sim + reg)
+
+
+def optimise(plan: RegistrationPlan, pair: ImagePair, recorder: HistoryRecorder) -> tuple[TransformationModel, bool]:
+    """The per-level loop: optimise ``plan.model`` on every level, coarse to fine.
+
+    Each level starts from the previous level's best point moved onto its grid
+    (``model.set_level``). The result is never worse than the start: if the finest level's best loss
+    is above the loss of the starting transformation (e.g. two identical images, where any step is a
+    step away), the starting transformation is returned. Returns ``(model, stopped_early)``.
+    """
+    model = plan.model
+    start_model = copy.deepcopy(model) if plan.levels > 1 else None
+    fixed_pyr, moving_pyr = pyramid(pair.fixed, plan.shapes), pyramid(pair.moving, plan.shapes)
+    mask_pyr = pyramid(pair.mask, plan.shapes) if pair.mask is not None else [None] * plan.levels
+    stopped = False
+    best_final = math.inf
+    with torch.enable_grad():  # also inside a caller's torch.no_grad()
+        for level, shape in enumerate(plan.shapes):
+            model.set_level(shape)
+            if plan.iterations[level] == 0:
+                continue
+            objective = LevelObjective(plan, level, fixed_pyr[level], moving_pyr[level], mask_pyr[level], recorder)
+            stopped = run_level(objective)
+            best_final = objective.best_loss if level == plan.levels - 1 else math.inf
+            if stopped:
+                break
+    model.set_level(plan.full_shape)
+    if start_model is not None and not stopped:
+        start_model.set_level(plan.full_shape)
+        if best_final == math.inf:  # the finest level did not run: compare the coarse result at full resolution
+            best_final = _loss_at(plan, model, pair.fixed, pair.moving, pair.mask)
+        if _loss_at(plan, start_model, pair.fixed, pair.moving, pair.mask) < best_final:
+            model = start_model
+    return model, stopped
+
+
+# --------------------------------------------------------------------------------------------
+# the public function
+# --------------------------------------------------------------------------------------------
 
 def register(
     fixed: torch.Tensor,
@@ -300,275 +578,55 @@ def register(
         >>> result = regedu.register(fixed, moving, transform="affine", similarity="mi")
         >>> deformable = regedu.register(fixed, moving, transform="svf", similarity="lncc", init=result)
     """
-    # bad input is reported by _register; only a valid image batch chooses the thread count
-    threads = (_threads_for(fixed.device, math.prod(fixed.shape[2:]))
-               if isinstance(fixed, torch.Tensor) and fixed.dim() in (4, 5) else contextlib.nullcontext())
-    with threads:
-        return _register(fixed, moving, transform, similarity, regulariser, weight, levels, iterations, lr, mask,
-                         init, optimiser, progress, callback, snapshot_every, **model_kwargs)
-
-
-def _register(
-    fixed: torch.Tensor,
-    moving: torch.Tensor,
-    transform: str | TransformationModel = "affine",
-    similarity: str | Callable[..., torch.Tensor] = "mse",
-    regulariser: str | Callable[[torch.Tensor], torch.Tensor] | None = "auto",
-    weight: float | None = None,
-    levels: int | None = None,
-    iterations: int | Sequence[int] | None = None,
-    lr: float | Sequence[float] | None = None,
-    mask: torch.Tensor | None = None,
-    init: RegistrationResult | torch.Tensor | None = None,
-    optimiser: str | type[torch.optim.Optimizer] | None = None,
-    progress: bool = True,
-    callback: Callback | None = None,
-    snapshot_every: int = 0,
-    **model_kwargs: Any,
-) -> RegistrationResult:
-    """Implementation of :func:`register` (arguments already documented there)."""
     fn = "register"
     start = time.perf_counter()
-    fixed = check_image(fn, "fixed", fixed)
-    moving = check_image(fn, "moving", moving)
-    check_same_spatial(fn, "fixed", fixed, "moving", moving,
-                       hint=f"resample the moving image first, e.g. regedu.resize(moving, shape={tuple(fixed.shape[2:])})")
-    if fixed.shape[1] != moving.shape[1]:
-        raise ValueError(f"{fn}: fixed and moving must have the same number of channels, got {fixed.shape[1]} and {moving.shape[1]}")
-    if not fixed.is_floating_point() or not moving.is_floating_point():
-        raise TypeError(f"{fn}: fixed and moving must be floating-point images, got {fixed.dtype} and {moving.dtype}")
-    moving = moving.to(fixed.dtype)
-    ndim = fixed.dim() - 2
-    shape = tuple(fixed.shape[2:])
-    batch = max(fixed.shape[0], moving.shape[0])
-    device, dtype = fixed.device, fixed.dtype
-    if mask is not None:
-        mask = check_image(fn, "mask", mask)
-        check_same_spatial(fn, "fixed", fixed, "mask", mask)
-        if mask.shape[1] != 1:
-            raise ValueError(f"{fn}: mask must have one channel, got shape {_shape(mask)}")
-        mask = mask.to(device=device, dtype=dtype)
-        if float(mask.sum()) == 0:
-            raise ValueError(f"{fn}: mask is empty (all zero); nothing to compare")
-
-    loss_fn = get_loss(similarity) if callable(similarity) else None
-    if loss_fn is None:
-        if not isinstance(similarity, str) or similarity.lower() not in LOSSES:
-            raise ValueError(f"{fn}: similarity must be one of {', '.join(repr(k) for k in LOSSES)} or a callable loss(fixed, moved, mask=None), got {similarity!r}")
-        loss_fn = get_loss(similarity)
-    sim_name = _similarity_name(similarity)
-
-    model = _make_model(fn, transform, shape, batch, model_kwargs)
-    name = model.name
-    defaults = DEFAULTS.get(name, DEFAULTS["dense"])
-
-    # regulariser and weight
-    if isinstance(regulariser, str) and regulariser == "auto":
-        regulariser = defaults["regulariser"]
-    reg_fn = None
-    if regulariser is not None:
-        if not callable(regulariser) and not (isinstance(regulariser, str) and regulariser in ("diffusion", "bending", "bending_energy")):
-            raise ValueError(f"{fn}: regulariser must be 'diffusion', 'bending', 'auto', None or a callable, got {regulariser!r}")
-        reg_fn = get_regulariser(regulariser)
-        if weight is None:
-            key = "bending" if regulariser in ("bending", "bending_energy") else "diffusion"
-            weight = DEFAULT_WEIGHTS[key].get(sim_name, DEFAULT_WEIGHTS[key]["callable"]) if isinstance(regulariser, str) else 0.1
-    weight = 0.0 if weight is None else float(weight)
-    if not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"{fn}: weight must be a finite number >= 0, got {weight}")
-    if weight > 0 and reg_fn is None:
-        raise ValueError(f"{fn}: weight={weight} was given but regulariser is None; name a regulariser ('diffusion', 'bending')")
-
-    # pyramid
-    if levels is None:
-        levels = _max_levels(shape, defaults.get("coarsest", MIN_LEVEL_SIZE), DEFAULT_LEVELS)
-    if not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"{fn}: levels must be a positive integer, got {levels!r}")
-    shapes = _level_shapes(shape, levels)
-    if levels > 1 and min(shapes[0]) < MIN_LEVEL_SIZE:
-        raise ValueError(
-            f"{fn}: levels={levels} makes the coarsest level {shapes[0]} smaller than {MIN_LEVEL_SIZE} voxels along an axis; "
-            f"use levels <= {_max_levels(shape)} for an image of shape {shape}"
+    pair = check_pair(fn, fixed, moving, mask)
+    with threads_for(pair.fixed.device, math.prod(pair.shape)):
+        model = _make_model(fn, transform, pair.shape, pair.batch, model_kwargs)
+        defaults = DEFAULTS.get(model.name, DEFAULTS["dense"])
+        loss_fn, sim_name = _choose_similarity(fn, similarity)
+        reg_fn, weight = _choose_regulariser(fn, regulariser, weight, defaults["regulariser"], sim_name)
+        shapes = plan_levels(fn, pair.shape, levels, DEFAULT_LEVELS, defaults.get("coarsest", MIN_LEVEL_SIZE))
+        opt_key = _optimiser_key(fn, defaults["optimiser"] if optimiser is None else optimiser)
+        default_iters, default_lr = defaults["lbfgs" if opt_key == "lbfgs" else "adam"]
+        lrs = per_level(fn, "lr", default_lr if lr is None else lr, len(shapes), float)
+        if any(not (v > 0 and math.isfinite(v)) for v in lrs):
+            raise ValueError(f"{fn}: lr must be a positive finite number (or one per level), got {lr!r}")
+        init_t = _init_transform(fn, init, pair.ndim, pair.shape, pair.batch, pair.fixed.device, pair.fixed.dtype)
+        if init_t is not None and init_t[0] == "dvf" and model.parametric:
+            raise ValueError(f"{fn}: a {model.name!r} model can only start from a matrix, but init is a displacement field")
+        plan = RegistrationPlan(
+            fn=fn, model=model.to(device=pair.fixed.device, dtype=pair.fixed.dtype), loss=loss_fn, similarity=sim_name,
+            regulariser=reg_fn, weight=weight, shapes=shapes, iterations=plan_iterations(fn, iterations, default_iters, len(shapes)),
+            lrs=lrs, optimiser=defaults["optimiser"] if optimiser is None else optimiser, opt_key=opt_key, init=init_t,
         )
-    if optimiser is None:
-        optimiser = defaults["optimiser"]
-    opt_key = _optimiser_key(fn, optimiser)
-    default_iters, default_lr = defaults["lbfgs" if opt_key == "lbfgs" else "adam"]
-    default_iters = list(default_iters)
-    if iterations is None:
-        if levels == 1:  # no pyramid: the whole budget of the two finest levels goes to the one level
-            iterations = [sum(default_iters[-2:])]
-        else:
-            iterations = default_iters[-levels:] if levels <= len(default_iters) else [default_iters[0]] * (levels - len(default_iters)) + default_iters
-    iters = _per_level(fn, "iterations", iterations, levels, int)
-    if any(i < 0 for i in iters):
-        raise ValueError(f"{fn}: iterations must be >= 0, got {iterations!r}")
-    lrs = _per_level(fn, "lr", default_lr if lr is None else lr, levels, float)
-    if any(not (v > 0 and math.isfinite(v)) for v in lrs):
-        raise ValueError(f"{fn}: lr must be positive, got {lr!r}")
-    if not isinstance(snapshot_every, int) or snapshot_every < 0:
-        raise ValueError(f"{fn}: snapshot_every must be a non-negative integer, got {snapshot_every!r}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"{fn}: callback must be callable as callback(level, iteration, loss, model), got {type(callback).__name__}")
-    init_t = _init_transform(fn, init, ndim, shape, batch, device, dtype)
-    if init_t is not None and init_t[0] == "dvf" and model.parametric:
-        raise ValueError(f"{fn}: a {name!r} model can only start from a matrix, but init is a displacement field")
-
-    model = model.to(device=device, dtype=dtype)
-    fixed_pyr = image_pyramid(fixed, levels)
-    moving_pyr = image_pyramid(moving, levels)
-    mask_pyr = image_pyramid(mask, levels) if mask is not None else [None] * levels
-
-    history: dict[str, list[Any]] = {k: [] for k in ("loss", "similarity", "regulariser", "level", "iteration", "time")}
-    history["snapshots"] = []
-
-    def transformed(m_img: torch.Tensor, init_l) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The moved image on the current level and the field to regularise."""
-        if model.parametric:
-            A = _total_matrix(model.matrix(), init_l)
-            moved = affine_warp(m_img, A)
-            field = model.displacement() if reg_fn is not None and weight > 0 else None
-            return moved, field
-        u, field = model()
-        moved = warp(m_img, _total_displacement(u, init_l))
-        return moved, field if reg_fn is not None and weight > 0 else None
-
-    def full_resolution() -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """(matrix, dvf, moved) of the current parameters on the full-resolution grid."""
-        with torch.no_grad():
-            if model.parametric:
-                A = model.full_matrix() if hasattr(model, "full_matrix") else rescale_matrix(model.matrix(), model.shape, shape)
-                A = _total_matrix(A, init_t)
-                return A, affine_to_dvf(A, shape), affine_warp(moving, A)
-            u = model.displacement()
-            if model.shape != shape:
-                u = resize_dvf(u, shape)
-            total = _total_displacement(u, init_t)
-            return None, total, warp(moving, total)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=sum(iters), desc=f"register ({name}, {sim_name})", disable=not progress, leave=False)
-    counter: dict[str, Any] = {"step": 0, "it": 0, "stopped": False}
-
-    def evaluate(level: int, f_l, m_l, k_l, init_l, opt) -> torch.Tensor:
-        """One evaluation of loss and gradient: records the history, takes snapshots, calls the callback."""
-        if memo["params"] is not None and all(torch.equal(p, q) for p, q in zip(params, memo["params"])):
-            # L-BFGS re-evaluates the point it stopped at when step() is called again: reuse it
-            for p, g in zip(params, memo["grads"]):
-                p.grad = g.clone()
-            return memo["loss"]
-        if opt_key == "lbfgs" and counter["it"] >= iters[level]:
-            raise _BudgetSpent
-        for p in params:  # = opt.zero_grad(), without its per-call profiling overhead
-            p.grad = None
-        moved, field = transformed(m_l, init_l)
-        sim = loss_fn(f_l, moved, mask=k_l) if k_l is not None else loss_fn(f_l, moved)
-        if not isinstance(sim, torch.Tensor) or sim.numel() != 1:
-            got = type(sim).__name__ + ("" if not isinstance(sim, torch.Tensor) else f" of shape {tuple(sim.shape)}")
-            raise ValueError(f"{fn}: the similarity loss must return a scalar tensor, got {got}")
-        sim = sim.reshape(())
-        reg = weight * reg_fn(field) if field is not None else torch.zeros((), device=device, dtype=dtype)
-        loss = sim + reg
-        it = counter["it"]
-        if not bool(torch.isfinite(loss)):
-            raise FloatingPointError(
-                f"{fn}: the loss became {float(loss.detach())} at level {level}, iteration {it} "
-                f"(similarity {float(sim.detach())}, regulariser {float(reg.detach())}); try a smaller lr (now {lrs[level]})"
-            )
-        loss.backward()
-        loss_value = float(loss.detach())
-        if opt_key == "lbfgs":
-            memo.update(params=[p.detach().clone() for p in params], loss=loss.detach(),
-                        grads=[torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params])
-            if loss_value < best["loss"]:
-                best["loss"], best["params"] = loss_value, memo["params"]
-        history["loss"].append(loss_value)
-        history["similarity"].append(float(sim.detach()))
-        history["regulariser"].append(float(reg.detach()))
-        history["level"].append(level)
-        history["iteration"].append(counter["step"])
-        history["time"].append(time.perf_counter() - start)
-        counter["step"] += 1
-        counter["it"] += 1
-        bar.update(1)
-        if progress and (it % 10 == 0 or it == iters[level] - 1):
-            bar.set_postfix(level=level, loss=f"{loss_value:.4g}")
-        if snapshot_every and counter["step"] % snapshot_every == 0:
-            _, dvf_s, moved_s = full_resolution()
-            history["snapshots"].append((counter["step"], moved_s.detach().cpu(), dvf_s.detach().cpu()))
-        if callback is not None and callback(level, it, loss_value, model) is True:
-            raise _Stop
-        return loss
-
-    params: list[torch.Tensor] = []
-    best: dict[str, Any] = {}
-    memo: dict[str, Any] = {"params": None}
-
-    def lbfgs_level(opt: torch.optim.Optimizer, closure, level: int) -> None:
-        """Run L-BFGS on one level with a well-scaled first step.
-
-        PyTorch's L-BFGS starts its first line search at a step of L1 norm one, which for a field of
-        many voxels moves each of them by a negligible amount (below float32 resolution of the loss).
-        Instead the first trial step moves the largest parameter by ``model.first_step * lr``; later
-        iterations use the quasi-Newton step (trial length ``lr``) as usual.
-        """
-        closure()
-        flat = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in params])
-        g_max, g_sum = float(flat.abs().max()), float(flat.abs().sum())
-        group = opt.param_groups[0]
-        if g_max > 0:
-            group["lr"] = getattr(model, "first_step", 1.0) * lrs[level] / (g_max * min(1.0, 1.0 / g_sum))
-            group["max_iter"] = 1
-            opt.step(closure)
-        group.update(lr=lrs[level], max_iter=iters[level], max_eval=iters[level])
-        opt.step(closure)
-
-    def run_levels() -> None:
-        for level in range(levels):
-            model.set_level(shapes[level])
-            if iters[level] == 0:
-                continue
-            f_l, m_l, k_l = fixed_pyr[level], moving_pyr[level], mask_pyr[level]
-            init_l = _init_at(init_t, shape, shapes[level])
-            params[:] = list(model.parameters())
-            opt = _make_optimiser(optimiser, opt_key, params, lrs[level], iters[level])
-            closure = functools.partial(evaluate, level, f_l, m_l, k_l, init_l, opt)
-            counter["it"] = 0
-            best.update(loss=math.inf, params=None)
-            memo.update(params=None)
-            try:
-                if opt_key == "lbfgs":
-                    lbfgs_level(opt, closure, level)  # the whole level (at most iters[level] evaluations)
-                else:
-                    for _ in range(iters[level]):
-                        opt.step(closure)
-            except _BudgetSpent:
-                # the budget ran out inside a line search: go back to the best point evaluated
-                with torch.no_grad():
-                    for p, b in zip(params, best["params"]):
-                        p.copy_(b)
-            except _Stop:
-                counter["stopped"] = True
-                return
-
-    try:
-        with torch.enable_grad():  # also inside a caller's torch.no_grad()
-            run_levels()
-    finally:
-        bar.close()
-
-    model.set_level(shape)
-    matrix, dvf, moved = full_resolution()
-    velocity = model.velocity().detach() if isinstance(model, SVFModel) else None
+        recorder = HistoryRecorder(fn, sum(plan.iterations), f"register ({model.name}, {sim_name})", progress, snapshot_every,
+                                   snapshot=lambda: _moved_and_dvf(plan, pair.moving),
+                                   callback=callback, start=start)
+        try:
+            model, stopped = optimise(plan, pair, recorder)
+        finally:
+            recorder.close()
+        matrix, dvf, moved = full_resolution(plan, model, pair.moving)
     return RegistrationResult(
         dvf=dvf.detach(),
-        moved=moved.detach(),
+        moved=_as_input_dtype(moved.detach(), moving),
         matrix=None if matrix is None else matrix.detach(),
-        history=history,
+        history=recorder.history,
         time=time.perf_counter() - start,
-        transform=name,
+        transform=model.name,
         model=model,
-        velocity=velocity,
-        stopped_early=counter["stopped"],
+        velocity=model.velocity().detach() if isinstance(model, SVFModel) else None,
+        stopped_early=stopped,
     )
+
+
+def _moved_and_dvf(plan: RegistrationPlan, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(moved, dvf)`` at full resolution, for the history's snapshots."""
+    _, dvf, moved = full_resolution(plan, plan.model, moving)
+    return moved, dvf
+
+
+def _as_input_dtype(moved: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+    """The moved image in the moving image's dtype if that is a floating dtype (half precision is computed in float32)."""
+    return moved.to(moving.dtype) if moving.is_floating_point() else moved

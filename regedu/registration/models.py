@@ -200,8 +200,16 @@ class AffineModel(_MatrixModel):
 # deformable models
 # --------------------------------------------------------------------------------------------
 
-def _blur(u: torch.Tensor, sigma: float) -> torch.Tensor:
+def smooth(u: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing of a field or image ``(B, C, *spatial)`` by ``sigma`` voxels; ``sigma=0`` returns ``u``.
+
+    The one smoothing step of the deformable models (``u = G_sigma * p``) and of demons (fluid-like and
+    diffusion-like regularisation); borders are replicated (:func:`regedu.filters.gaussian_blur`).
+    """
     return gaussian_blur(u, sigma) if sigma > 0 else u
+
+
+_blur = smooth  # the name before demons shared it
 
 
 class DenseModel(TransformationModel):
@@ -229,7 +237,7 @@ class DenseModel(TransformationModel):
         super().set_level(shape)
 
     def displacement(self) -> torch.Tensor:
-        return _blur(self.field, self.sigma)
+        return smooth(self.field, self.sigma)
 
 
 class SVFModel(DenseModel):
@@ -248,7 +256,7 @@ class SVFModel(DenseModel):
 
     def velocity(self) -> torch.Tensor:
         """The (smoothed) velocity field ``(B, ndim, *shape)`` in voxels of the current level."""
-        return _blur(self.field, self.sigma)
+        return smooth(self.field, self.sigma)
 
     def displacement(self) -> torch.Tensor:
         return integrate_velocity(self.velocity(), self.steps)
