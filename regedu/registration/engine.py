@@ -464,20 +464,24 @@ def _loss_at(plan: RegistrationPlan, model: TransformationModel, fixed, moving, 
     return float(sim + reg)
 
 
-def optimise(plan: RegistrationPlan, pair: ImagePair, recorder: HistoryRecorder) -> tuple[TransformationModel, bool]:
+def optimise(plan: RegistrationPlan, pair: ImagePair, recorder: HistoryRecorder) -> tuple[TransformationModel, bool, float | None]:
     """The per-level loop: optimise ``plan.model`` on every level, coarse to fine.
 
     Each level starts from the previous level's best point moved onto its grid
     (``model.set_level``). The result is never worse than the start: if the finest level's best loss
     is above the loss of the starting transformation (e.g. two identical images, where any step is a
-    step away), the starting transformation is returned. Returns ``(model, stopped_early)``.
+    step away), the starting transformation is returned.
+
+    Returns ``(model, stopped_early, loss)``: the model on the full-resolution grid, whether the callback
+    stopped the optimisation, and the loss of the returned transformation at full resolution (``None``
+    if the callback stopped before the finest level finished).
     """
     model = plan.model
     start_model = copy.deepcopy(model) if plan.levels > 1 else None
     fixed_pyr, moving_pyr = pyramid(pair.fixed, plan.shapes), pyramid(pair.moving, plan.shapes)
     mask_pyr = pyramid(pair.mask, plan.shapes) if pair.mask is not None else [None] * plan.levels
     stopped = False
-    best_final = math.inf
+    final: float | None = None
     with torch.enable_grad():  # also inside a caller's torch.no_grad()
         for level, shape in enumerate(plan.shapes):
             model.set_level(shape)
@@ -485,17 +489,21 @@ def optimise(plan: RegistrationPlan, pair: ImagePair, recorder: HistoryRecorder)
                 continue
             objective = LevelObjective(plan, level, fixed_pyr[level], moving_pyr[level], mask_pyr[level], recorder)
             stopped = run_level(objective)
-            best_final = objective.best_loss if level == plan.levels - 1 else math.inf
+            if level == plan.levels - 1:
+                final = objective.best_loss
             if stopped:
                 break
     model.set_level(plan.full_shape)
-    if start_model is not None and not stopped:
+    if stopped:
+        return model, True, final
+    if final is None:  # the finest level did not run: the loss of the coarse result at full resolution
+        final = _loss_at(plan, model, pair.fixed, pair.moving, pair.mask)
+    if start_model is not None:
         start_model.set_level(plan.full_shape)
-        if best_final == math.inf:  # the finest level did not run: compare the coarse result at full resolution
-            best_final = _loss_at(plan, model, pair.fixed, pair.moving, pair.mask)
-        if _loss_at(plan, start_model, pair.fixed, pair.moving, pair.mask) < best_final:
-            model = start_model
-    return model, stopped
+        start_loss = _loss_at(plan, start_model, pair.fixed, pair.moving, pair.mask)
+        if start_loss < final:
+            return start_model, False, start_loss
+    return model, False, final
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,7 +612,7 @@ def register(
                                    snapshot=lambda: _moved_and_dvf(plan, pair.moving),
                                    callback=callback, start=start)
         try:
-            model, stopped = optimise(plan, pair, recorder)
+            model, stopped, final_loss = optimise(plan, pair, recorder)
         finally:
             recorder.close()
         matrix, dvf, moved = full_resolution(plan, model, pair.moving)
@@ -618,6 +626,7 @@ def register(
         model=model,
         velocity=model.velocity().detach() if isinstance(model, SVFModel) else None,
         stopped_early=stopped,
+        loss=final_loss,
     )
 
 

@@ -285,6 +285,11 @@ class BSplineModel(TransformationModel):
         sp = [float(spacing)] * self.ndim if isinstance(spacing, (int, float)) else [float(s) for s in spacing]
         if len(sp) != self.ndim:
             raise ValueError(f"BSplineModel: spacing must be one number or {self.ndim} numbers, got {spacing!r}")
+        if min(self.full_shape) < 2:
+            raise ValueError(
+                f"BSplineModel: every axis needs at least 2 voxels for a control grid, got an image of shape {self.full_shape}; "
+                f"register a single slice as a 2D image (drop the axis of size 1) or use transform='dense'"
+            )
         for s, d in zip(self.full_shape, sp):
             if not d > 0 or d > s - 1:
                 raise ValueError(

@@ -30,6 +30,9 @@ class RegistrationResult:
         model: the optimised model (``torch.nn.Module``, on the full-resolution grid), or ``None``.
         velocity: the stationary velocity field for ``transform="svf"`` (else ``None``).
         stopped_early: ``True`` if the callback stopped the optimisation.
+        loss: the loss of the returned transformation on the full-resolution grid (``None`` when not
+            computed, e.g. after an early stop). It can be below ``history["loss"][-1]``: the engine
+            returns the best point it evaluated, never one worse than the start.
     """
 
     dvf: torch.Tensor
@@ -41,6 +44,7 @@ class RegistrationResult:
     model: torch.nn.Module | None = None
     velocity: torch.Tensor | None = None
     stopped_early: bool = False
+    loss: float | None = None
 
     @property
     def ndim(self) -> int:
@@ -48,7 +52,9 @@ class RegistrationResult:
 
     @property
     def final_loss(self) -> float | None:
-        """The last recorded loss (``None`` if no iteration ran)."""
+        """The loss of the returned transformation (:attr:`loss`), else the last recorded loss (``None`` if no iteration ran)."""
+        if self.loss is not None:
+            return self.loss
         losses = self.history.get("loss", [])
         return losses[-1] if losses else None
 
