@@ -1,4 +1,4 @@
-"""Input validation shared by every public function.
+"""Input validation and the dtype policy shared by every public function.
 
 Each check raises an error that names the function, the argument, what was expected and what
 was given, so a student sees ``warp: dvf must have 2 channels ...`` instead of a traceback from
@@ -7,7 +7,9 @@ deep inside ``torch.nn.functional.grid_sample``.
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+import numbers
+from typing import Any, Sequence
 
 import torch
 
@@ -30,7 +32,7 @@ def check_finite(fn: str, name: str, x: torch.Tensor) -> None:
     """Raise ``ValueError`` if ``x`` holds NaN or infinite values (floating tensors only)."""
     # one reduction pass: the sum is finite unless some entry is NaN/inf (or the sum overflows,
     # which the exact count below tells apart)
-    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x.sum())):
+    if x.is_floating_point() and x.numel() and x.device.type != "meta" and not bool(torch.isfinite(x.sum())):
         n_nan = int(torch.isnan(x).sum())
         n_inf = int(torch.isinf(x).sum())
         if n_nan or n_inf:
@@ -50,6 +52,7 @@ def check_image(fn: str, name: str, x: object, ndim: int | None = None, finite: 
             f"{fn}: {name} must be a {want} tensor (B, C, H, W) for 2D or (B, C, D, H, W) for 3D, "
             f"got a {x.dim()}D tensor of shape {_shape(x)}"
         )
+    check_nonempty(fn, name, x)
     if finite:
         check_finite(fn, name, x)
     return x
@@ -74,6 +77,7 @@ def check_dvf(fn: str, name: str, dvf: object, spatial: Sequence[int] | None = N
         )
     if not dvf.is_floating_point():
         raise TypeError(f"{fn}: {name} must be a floating-point tensor, got dtype {dvf.dtype}")
+    check_nonempty(fn, name, dvf)
     if spatial is not None and tuple(dvf.shape[2:]) != tuple(spatial):
         raise ValueError(
             f"{fn}: {name} has spatial size {tuple(dvf.shape[2:])}, expected {tuple(spatial)} (the image's spatial size)"
@@ -124,3 +128,180 @@ def check_affine(fn: str, name: str, A: object, ndim: int | None = None) -> torc
         )
     check_finite(fn, name, A)
     return A
+
+
+# --------------------------------------------------------------------------------------------
+# the dtype policy (DESIGN.md, "Dtypes"): the one place that decides
+# --------------------------------------------------------------------------------------------
+#
+# * integer and bool images are promoted to float32 where the operation is meaningful on them
+#   (similarities, resampling, smoothing); where it is not (linear interpolation of a label map)
+#   the function raises a clear error instead;
+# * half precision (float16, bfloat16) is computed in float32 internally (sampling grids, local sums,
+#   histograms) and the result is returned in the input dtype;
+# * float32 and float64 are kept as they are.
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def result_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype a result takes for inputs of ``dtypes``: integer and bool count as float32, the
+    floating dtypes promote as in torch (float16 with float16 stays float16, float16 with float64 is
+    float64, float16 with bfloat16 is float32)."""
+    out: torch.dtype | None = None
+    for d in dtypes:
+        if d.is_complex:
+            raise TypeError(f"complex tensors are not supported, got {d}")
+        d = d if d.is_floating_point else torch.float32
+        out = d if out is None else torch.promote_types(out, d)
+    return torch.float32 if out is None else out
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the arithmetic runs in for a result of ``dtype``: float32 for half precision and for
+    integer/bool inputs, ``dtype`` itself for float32 and float64."""
+    if dtype in HALF_DTYPES or not dtype.is_floating_point:
+        return torch.float32
+    return dtype
+
+
+def as_float(fn: str, name: str, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x`` in the dtype the computation runs in: ``dtype`` if given, else :func:`compute_dtype`
+    of ``x``'s (integer, bool and half precision become float32; float32/float64 are unchanged,
+    without a copy)."""
+    check_tensor(fn, name, x)
+    if x.dtype.is_complex:
+        raise TypeError(f"{fn}: {name} must be a real tensor, got dtype {x.dtype}")
+    target = compute_dtype(x.dtype) if dtype is None else dtype
+    return x if x.dtype == target else x.to(target)
+
+
+def float_inputs(fn: str, **tensors: torch.Tensor | None) -> tuple[list[torch.Tensor | None], torch.dtype]:
+    """Apply the dtype policy to several inputs of one function at once.
+
+    Returns the tensors converted to the common compute dtype (``None`` stays ``None``) and the dtype
+    the result must be cast back to (:func:`result_dtype` of the inputs)::
+
+        (fixed, moving), out = float_inputs("mse", fixed=fixed, moving=moving)
+        return value.to(out)
+    """
+    present = [t for t in tensors.values() if t is not None]
+    for name, t in tensors.items():
+        if t is not None:
+            check_tensor(fn, name, t)
+    out = result_dtype(*(t.dtype for t in present))
+    work = compute_dtype(out)
+    return [None if t is None else as_float(fn, name, t, work) for name, t in tensors.items()], out
+
+
+def reject_integer(fn: str, name: str, x: torch.Tensor, why: str) -> None:
+    """Raise ``TypeError`` when ``x`` is integer or bool and the operation is meaningless on it
+    (``why`` says what to do instead, e.g. ``"use mode='nearest' for label maps"``)."""
+    if not x.is_floating_point():
+        raise TypeError(f"{fn}: {name} must be a floating-point tensor here, got dtype {x.dtype}; {why}")
+
+
+# --------------------------------------------------------------------------------------------
+# pairs, masks, devices, numbers
+# --------------------------------------------------------------------------------------------
+
+def check_nonempty(fn: str, name: str, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` if ``x`` has no elements (a batch of 0, a channel count of 0 or a spatial size of 0)."""
+    if x.numel() == 0:
+        raise ValueError(f"{fn}: {name} is empty (shape {_shape(x)}); expected at least one element along every axis")
+
+
+def check_same_device(fn: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming both devices unless ``a`` and ``b`` live on the same device."""
+    if a.device != b.device:
+        raise ValueError(
+            f"{fn}: {name_a} and {name_b} must be on the same device, got {name_a} on {a.device} and {name_b} on "
+            f"{b.device}; move one with .to({str(a.device)!r})"
+        )
+
+
+def check_same_channels(fn: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``a`` and ``b`` have the same number of channels (dimension 1):
+    a 1-channel image is never silently broadcast against a multi-channel one."""
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{fn}: {name_a} and {name_b} must have the same number of channels, got {name_a} {_shape(a)} with "
+            f"{a.shape[1]} and {name_b} {_shape(b)} with {b.shape[1]} (no broadcasting between channels)"
+        )
+
+
+def check_pair(fn: str, name_a: str, a: object, name_b: str, b: object, ndim: int | None = None, hint: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Check two images that are compared voxel by voxel: both ``(B, C, *spatial)``, finite, non-empty,
+    the same spatial size, the same number of channels, the same device, and the same batch size
+    (or one of them 1, which is broadcast: the documented exception). Returns both tensors."""
+    a = check_image(fn, name_a, a, ndim=ndim)
+    b = check_image(fn, name_b, b, ndim=ndim)
+    check_same_spatial(fn, name_a, a, name_b, b, hint=hint)
+    check_same_channels(fn, name_a, a, name_b, b)
+    check_same_device(fn, name_a, a, name_b, b)
+    return a, b
+
+
+def check_mask(fn: str, name: str, mask: object, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Check a region-of-interest mask for the image ``like`` ``(B, C, *spatial)`` and return it as weights.
+
+    The mask must be ``(B or 1, 1 or C, *spatial)`` (bool, integer or float), on ``like``'s device, finite,
+    non-negative, and not all zero for any batch element (an empty mask compares nothing; ``register``
+    applies the same rule). Returned in ``dtype`` (default ``like``'s compute dtype).
+    """
+    mask = check_image(fn, name, mask, ndim=like.dim() - 2)
+    check_same_spatial(fn, "image", like, name, mask)
+    if mask.shape[1] not in (1, like.shape[1]):
+        raise ValueError(
+            f"{fn}: {name} must have 1 channel or as many as the image ({like.shape[1]}), got shape {_shape(mask)}"
+        )
+    check_same_device(fn, "image", like, name, mask)
+    m = mask.to(dtype or compute_dtype(like.dtype))
+    if bool((m < 0).any()):
+        raise ValueError(f"{fn}: {name} must be non-negative (a 0/1 mask or weights), got a minimum of {float(m.min()):g}")
+    empty = m.flatten(1).sum(1) == 0
+    if bool(empty.any()):
+        which = [int(i) for i in torch.nonzero(empty).flatten()]
+        raise ValueError(f"{fn}: {name} is empty (all zero) for batch element(s) {which}; nothing to compare")
+    return m
+
+
+def check_number(
+    fn: str,
+    name: str,
+    value: object,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    integer: bool = False,
+) -> Any:
+    """Check a numeric parameter: a real number (not bool), finite, an integer if ``integer``, and
+    within ``[low, high]`` (bounds optional, open with ``low_inclusive``/``high_inclusive=False``).
+
+    Returns the value as ``int`` (``integer=True``) or ``float``. Tensors with one element are accepted.
+    """
+    v = value
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        kind = "an integer" if integer else "a number"
+        raise TypeError(f"{fn}: {name} must be {kind}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(float(v)):
+        raise ValueError(f"{fn}: {name} must be a finite number, got {v}")
+    if integer:
+        if float(v) != int(v):
+            raise ValueError(f"{fn}: {name} must be an integer, got {v}")
+        v = int(v)
+    else:
+        v = float(v)
+    lo_bad = low is not None and (v < low if low_inclusive else v <= low)
+    hi_bad = high is not None and (v > high if high_inclusive else v >= high)
+    if lo_bad or hi_bad:
+        parts = []
+        if low is not None:
+            parts.append(f"{'>=' if low_inclusive else '>'} {low:g}")
+        if high is not None:
+            parts.append(f"{'<=' if high_inclusive else '<'} {high:g}")
+        raise ValueError(f"{fn}: {name} must be {' and '.join(parts)}, got {v}")
+    return v

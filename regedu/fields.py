@@ -13,9 +13,9 @@ from typing import Sequence
 
 import torch
 
-from ._checks import check_dvf, check_tensor
+from ._checks import check_dvf, check_number, check_tensor
 from .filters import gaussian_blur, spatial_gradient
-from .spatial_transformer import warp
+from .warping import warp
 
 
 def _generator(seed: int | None, device) -> torch.Generator | None:
@@ -33,10 +33,47 @@ def _check_shape(fn: str, shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def _scale_to_max(u: torch.Tensor, max_displacement: float) -> torch.Tensor:
-    """Scale each field of the batch so that its largest displacement length is ``max_displacement``."""
-    norm = u.pow(2).sum(1).sqrt().flatten(1).amax(1).clamp_min(1e-12)
-    return u * (max_displacement / norm).reshape(-1, *([1] * (u.dim() - 1)))
+def scale_to_max(u: torch.Tensor, max_length: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Scale each field of the batch ``u`` ``(B, ndim, *spatial)`` so that its longest vector has length
+    ``max_length`` (voxels): one number for every field, or one per field (``B`` values), all >= 0.
+
+    Only the scale changes (the mean is kept; subtract it first for a zero-mean field). A field that is
+    zero everywhere stays zero.
+    """
+    u = check_tensor("scale_to_max", "u", u)
+    target = torch.as_tensor(max_length, dtype=u.dtype, device=u.device).reshape(-1)
+    if target.numel() not in (1, u.shape[0]) or not bool(torch.isfinite(target).all()) or bool((target < 0).any()):
+        raise ValueError(f"scale_to_max: max_length must be one finite number >= 0 or one per field ({u.shape[0]}), "
+                         f"got {max_length!r}")
+    norm = u.pow(2).sum(1).flatten(1).amax(1).sqrt().clamp_min(1e-12)
+    return u * (target / norm).reshape(-1, *([1] * (u.dim() - 1)))
+
+
+_scale_to_max = scale_to_max  # old private name (regedu.data.synthetic imported it)
+
+
+def smooth_noise(
+    shape: Sequence[int],
+    smoothness: float,
+    channels: int = 1,
+    batch: int = 1,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+    device=None,
+) -> torch.Tensor:
+    """Gaussian-smoothed white noise ``(batch, channels, *shape)``, statistically the same everywhere.
+
+    Standard-normal noise is drawn on a grid larger by the kernel radius ``3 * smoothness`` on every
+    side, smoothed with a Gaussian of standard deviation ``smoothness`` voxels and cropped, so the
+    border is no different from the centre (blurring with replicated borders would make it so).
+    ``generator`` (a CPU ``torch.Generator``) makes it reproducible.
+    """
+    shape = _check_shape("smooth_noise", shape)
+    smoothness = check_number("smooth_noise", "smoothness", smoothness, low=0, low_inclusive=False)
+    r = int(math.ceil(3.0 * smoothness))
+    noise = torch.randn(batch, channels, *(s + 2 * r for s in shape), generator=generator, dtype=dtype or torch.get_default_dtype())
+    u = gaussian_blur(noise.to(device), smoothness)
+    return u[(slice(None), slice(None)) + tuple(slice(r, r + s) for s in shape)]
 
 
 def random_dvf(
@@ -61,28 +98,32 @@ def random_dvf(
         ``(batch, ndim, *shape)``.
     """
     shape = _check_shape("random_dvf", shape)
-    if smoothness <= 0:
-        raise ValueError(f"random_dvf: smoothness must be positive, got {smoothness}")
-    if max_displacement < 0:
-        raise ValueError(f"random_dvf: max_displacement must be >= 0, got {max_displacement}")
-    dtype = dtype or torch.get_default_dtype()
-    # draw the noise on a grid larger by the kernel radius on every side and crop after smoothing, so
-    # that the field is statistically the same everywhere (blurring with replicated borders would
-    # make the displacement largest along the image border)
-    r = int(math.ceil(3.0 * smoothness))
-    noise = torch.randn(batch, len(shape), *(s + 2 * r for s in shape), generator=_generator(seed, device), dtype=dtype)
-    u = gaussian_blur(noise.to(device), smoothness)[(slice(None), slice(None)) + tuple(slice(r, r + s) for s in shape)]
+    smoothness = check_number("random_dvf", "smoothness", smoothness, low=0, low_inclusive=False)
+    max_displacement = check_number("random_dvf", "max_displacement", max_displacement, low=0)
+    batch = check_number("random_dvf", "batch", batch, low=1, integer=True)
+    u = smooth_noise(shape, smoothness, len(shape), batch, _generator(seed, device), dtype, device)
     u = u - u.mean(dim=tuple(range(2, u.dim())), keepdim=True)
-    return _scale_to_max(u, max_displacement)
+    return scale_to_max(u, max_displacement)
+
+
+def bspline_weights(size: int, spacing: float, n_ctrl: int | None = None, dtype: torch.dtype | None = None,
+                    device=None) -> torch.Tensor:
+    r"""Matrix ``W`` ``(size, n_ctrl)`` of cubic B-spline weights: voxel ``x`` gets :math:`\sum_c W[x, c]\, c_c`.
+
+    Control point ``c`` sits at voxel position ``(c - 1) * spacing``, so one control point lies outside
+    the image on each side (the cubic B-spline's support is 4 control points). ``n_ctrl`` defaults to
+    :func:`bspline_grid_shape`'s count, ``ceil((size - 1) / spacing) + 3``. Every row sums to 1 (where all
+    4 supporting control points exist). Cached per arguments; do not modify the result in place.
+    """
+    size = check_number("bspline_weights", "size", size, low=1, integer=True)
+    spacing = check_number("bspline_weights", "spacing", spacing, low=0, low_inclusive=False)
+    n = int(math.ceil((size - 1) / spacing)) + 3 if n_ctrl is None else check_number("bspline_weights", "n_ctrl", n_ctrl, low=1, integer=True)
+    return _bspline_weights(size, spacing, n, dtype or torch.get_default_dtype(), torch.device(device or "cpu"))
 
 
 @lru_cache(maxsize=32)
 def _bspline_weights(size: int, spacing: float, n_ctrl: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Matrix ``(size, n_ctrl)`` of cubic B-spline weights: voxel ``x`` gets sum_c W[x, c] * coef[c].
-
-    Control point ``c`` sits at voxel position ``(c - 1) * spacing``, so one control point lies
-    outside the image on each side (the cubic B-spline's support is 4 control points).
-    """
+    """Cached :func:`bspline_weights` (positional arguments; the old private name, kept as it is)."""
     x = torch.arange(size, dtype=torch.float64) / spacing + 1.0
     W = torch.zeros(size, n_ctrl, dtype=torch.float64)
     for c in range(n_ctrl):
@@ -140,10 +181,12 @@ def random_bspline_dvf(
 ) -> torch.Tensor:
     """Smooth random DVF from a B-spline control grid with random displacements at the control points."""
     shape = _check_shape("random_bspline_dvf", shape)
+    max_displacement = check_number("random_bspline_dvf", "max_displacement", max_displacement, low=0)
+    batch = check_number("random_bspline_dvf", "batch", batch, low=1, integer=True)
     grid = bspline_grid_shape(shape, spacing)
     dtype = dtype or torch.get_default_dtype()
     coef = torch.randn(batch, len(shape), *grid, generator=_generator(seed, device), dtype=dtype).to(device)
-    return _scale_to_max(bspline_to_dvf(coef, shape, spacing), max_displacement)
+    return scale_to_max(bspline_to_dvf(coef, shape, spacing), max_displacement)
 
 
 def jacobian_matrix(dvf: torch.Tensor) -> torch.Tensor:
@@ -163,6 +206,13 @@ def jacobian_determinant(dvf: torch.Tensor) -> torch.Tensor:
 
     ``(B, ndim, *spatial)`` -> ``(B, *spatial)``. Values > 1 mean local expansion, < 1 compression,
     and <= 0 folding (the deformation is not invertible there).
+
+    **Whose expansion?** The Jacobian belongs to :math:`\varphi` (fixed -> moving): ``det J = 2`` at ``x``
+    means a small region around the fixed-image point ``x`` maps onto a moving-image region twice as
+    large. Under pull-back warping, ``moved(x) = moving(phi(x))`` squeezes that larger moving region
+    into the small fixed region, so where ``det J > 1`` the *moved* anatomy appears **shrunk** by
+    ``1 / det J`` (and grown where ``det J < 1``). The displacement ``u`` has the same sign convention
+    as :func:`regedu.warp`.
     """
     J = jacobian_matrix(dvf)
     if dvf.shape[1] == 2:
@@ -207,7 +257,7 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
     (Arsigny et al., 2006; Dalca et al., 2018). Smooth velocities give diffeomorphisms (no folding).
     """
     velocity = check_dvf("integrate_velocity", "velocity", velocity)
-    if not isinstance(steps, int) or steps < 0:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"integrate_velocity: steps must be a non-negative integer, got {steps!r}")
     u = velocity / (2**steps)
     for _ in range(steps):
@@ -223,6 +273,7 @@ def invert_dvf(dvf: torch.Tensor, iterations: int = 20) -> torch.Tensor:
     without folding.
     """
     dvf = check_dvf("invert_dvf", "dvf", dvf)
+    iterations = check_number("invert_dvf", "iterations", iterations, low=0, integer=True)
     v = -dvf
     for _ in range(iterations):
         v = -warp(dvf, v, mode="linear", padding_mode="border")

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ._checks import check_choice, check_dvf, check_image, check_same_spatial, check_tensor
 from .filters import box_sum
 from .transforms import apply_affine
+from .warping import voxel_to_normalised
 
 Similarity = Callable[..., torch.Tensor]
 
@@ -316,8 +317,7 @@ def target_registration_error(
         dvf = check_dvf("target_registration_error", "transform", transform)
         if dvf.shape[1] != ndim:
             raise ValueError(f"target_registration_error: points are {ndim}D but the DVF is {dvf.shape[1]}D")
-        sizes = torch.tensor(dvf.shape[2:], dtype=dvf.dtype, device=dvf.device)
-        norm = (2 * p / (sizes - 1) - 1).flip(-1)  # grid_sample order
+        norm = voxel_to_normalised(p, dvf.shape[2:])  # grid_sample's coordinates and axis order
         grid = norm.reshape(p.shape[0], *([1] * (ndim - 1)), p.shape[1], ndim)
         u = F.grid_sample(dvf, grid.expand(dvf.shape[0], *grid.shape[1:]), mode="bilinear", padding_mode="border", align_corners=True)
         u = u.reshape(dvf.shape[0], ndim, -1).transpose(1, 2)

@@ -16,8 +16,9 @@ Conventions (see DESIGN.md):
   sampled there (pull-back warping): ``moved(x) = moving(A x)``.
 * Rotations and scalings are about the image centre when ``center`` is given (the functions
   that build registration transforms default to the centre of the image).
-* :func:`affine_to_theta` and :func:`theta_to_affine` are the only place that converts to and
-  from PyTorch's normalised ``theta`` (as used by ``F.affine_grid``).
+* :func:`affine_to_theta` and :func:`theta_to_affine` convert to and from PyTorch's normalised
+  ``theta`` (as used by ``F.affine_grid``); they live in :mod:`regedu.warping`, next to the one
+  voxel <-> normalised coordinate rule, and are re-exported here.
 
 Every function accepts Python numbers or tensors; tensor parameters with a leading batch
 dimension give batched matrices, and gradients flow through every function.
@@ -340,54 +341,9 @@ def affine_params(A: torch.Tensor, center: ParamLike | None = None) -> torch.Ten
 
 
 # --------------------------------------------------------------------------------------------
-# voxel matrices <-> PyTorch's normalised theta (the only place that knows about theta)
+# voxel matrices <-> PyTorch's normalised theta: defined in regedu.warping (the one conversion)
 # --------------------------------------------------------------------------------------------
 
-def _voxel_to_normalised(shape: Sequence[int], dtype, device) -> torch.Tensor:
-    """Homogeneous matrix mapping voxel indices (tensor order) to grid_sample coordinates (x, y[, z] order).
+from .warping import affine_to_theta, theta_to_affine, voxel_to_normalised_matrix  # noqa: E402,F401
 
-    With ``align_corners=True``: ``n = 2 i / (S - 1) - 1`` and the axis order is reversed.
-    """
-    n = len(shape)
-    N = torch.zeros(n + 1, n + 1, dtype=dtype, device=device)
-    for k, s in enumerate(shape):
-        scale = 2.0 / (s - 1) if s > 1 else 1.0
-        row = n - 1 - k  # reversed axis order
-        N[row, k] = scale
-        N[row, n] = -1.0 if s > 1 else 0.0
-    N[n, n] = 1.0
-    return N
-
-
-def affine_to_theta(A: torch.Tensor, shape: Sequence[int], moving_shape: Sequence[int] | None = None) -> torch.Tensor:
-    """Voxel-space matrix ``A`` (fixed voxel -> moving voxel) to PyTorch's ``theta``.
-
-    ``theta`` has shape ``(B, ndim, ndim+1)`` and is what ``F.affine_grid(theta, size,
-    align_corners=True)`` expects. ``shape`` is the fixed (output) spatial shape, ``moving_shape``
-    the moving (input) one (default: the same).
-    """
-    A = check_affine("affine_to_theta", "A", A, ndim=len(shape))
-    moving_shape = shape if moving_shape is None else moving_shape
-    N_out = _voxel_to_normalised(shape, A.dtype, A.device)
-    N_in = _voxel_to_normalised(moving_shape, A.dtype, A.device)
-    T = N_in @ A @ torch.linalg.inv(N_out)
-    if T.dim() == 2:
-        T = T.unsqueeze(0)
-    return T[:, :-1, :]
-
-
-def theta_to_affine(theta: torch.Tensor, shape: Sequence[int], moving_shape: Sequence[int] | None = None) -> torch.Tensor:
-    """Inverse of :func:`affine_to_theta`: ``theta`` ``(B, ndim, ndim+1)`` -> ``(B, ndim+1, ndim+1)``."""
-    theta = check_tensor("theta_to_affine", "theta", theta)
-    n = len(shape)
-    if theta.dim() == 2:
-        theta = theta.unsqueeze(0)
-    if theta.shape[-2:] != (n, n + 1):
-        raise ValueError(f"theta_to_affine: theta must have shape (B, {n}, {n + 1}) for {n}D, got {tuple(theta.shape)}")
-    moving_shape = shape if moving_shape is None else moving_shape
-    bottom = torch.zeros(theta.shape[0], 1, n + 1, dtype=theta.dtype, device=theta.device)
-    bottom[..., 0, n] = 1
-    T = torch.cat([theta, bottom], dim=1)
-    N_out = _voxel_to_normalised(shape, theta.dtype, theta.device)
-    N_in = _voxel_to_normalised(moving_shape, theta.dtype, theta.device)
-    return torch.linalg.inv(N_in) @ T @ N_out
+_voxel_to_normalised = voxel_to_normalised_matrix  # old private name

@@ -27,6 +27,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from .._checks import check_tensor
+from ..utils import cpu_threads
+from ..warping import identity_grid
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,8 +105,9 @@ def sampling_grid_lines(phi: np.ndarray, spacing: int) -> list[np.ndarray]:
 
 
 def identity_positions(shape: Sequence[int]) -> np.ndarray:
-    """Voxel coordinates ``(2, H, W)`` (row, column) of every voxel of a 2D grid."""
-    return np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), 0)
+    """Voxel coordinates ``(2, H, W)`` (row, column) of every voxel of a 2D grid, as float32 NumPy
+    (:func:`regedu.warping.identity_grid`)."""
+    return identity_grid(shape, dtype=torch.float32).numpy()
 
 
 def value_range(*images: np.ndarray) -> tuple[float, float]:
@@ -256,7 +259,7 @@ class FigureWidget:
     def update(self) -> None:
         """Recompute what is shown from the controls and re-render the figure."""
         t0 = time.perf_counter()
-        with torch.no_grad(), _torch_threads(self.threads):
+        with torch.no_grad(), cpu_threads(self.threads):
             self._redraw()
         t1 = time.perf_counter()
         self.image.value = self.render_png()
@@ -312,18 +315,7 @@ class FigureWidget:
         return f"{type(self).__name__}({values})"
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Run torch with ``n`` intra-op threads inside the block (restored afterwards)."""
-    old = torch.get_num_threads()
-    if n is None or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+_torch_threads = cpu_threads  # old private name, kept for code that imported it
 
 
 def slider(description: str, value: float, lo: float, hi: float, step: float, integer: bool = False,

@@ -1,4 +1,5 @@
-"""Warping: pull-back convention, agreement with affine warping, gradients, resizing."""
+"""Warping (regedu.warping) and resampling (regedu.resampling): pull-back convention, agreement with
+affine warping, gradients, resizing."""
 
 import pytest
 import torch
@@ -116,13 +117,19 @@ def test_resize_and_pyramid_shapes():
     pyr = regedu.image_pyramid(img, 3)
     assert [p.shape[2:] for p in pyr] == [torch.Size([17, 13]), torch.Size([33, 25]), torch.Size([64, 48])]
     assert pyr[-1] is img
-    assert regedu.resize(img, scale=0.5).shape[2:] == (32, 24)
+    # one rule for "the same field of view on a coarser grid": resize(scale=0.5) agrees with the pyramid
+    assert regedu.resize(img, scale=0.5).shape[2:] == pyr[1].shape[2:] == regedu.coarse_shape((64, 48), 2) == (33, 25)
     lab = torch.randint(0, 3, (1, 1, 64, 48))
     small = regedu.resize(lab, shape=(32, 24), mode="nearest")
     assert small.dtype == lab.dtype and set(small.unique().tolist()) <= {0, 1, 2}
 
 
-@pytest.mark.parametrize("device", available_devices())
+ACCELERATORS = [d for d in available_devices() if d != "cpu"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", ACCELERATORS or [pytest.param("none", marks=pytest.mark.skip(
+    reason="no CUDA or MPS device here: the CPU-vs-accelerator comparison cannot run"))])
 def test_same_result_on_every_device(device):
     img = torch.rand(1, 1, 20, 24)
     dvf = regedu.random_dvf((20, 24), 3.0, 4.0, seed=3)
