@@ -29,46 +29,37 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import transforms
-from .._checks import check_choice, check_image, check_same_spatial
+from .._checks import as_float, check_image, check_number, check_pair
 from ..fields import compose, integrate_velocity
 from ..spatial_transformer import affine_to_dvf, affine_warp, resize, resize_dvf, warp
+from .layers import (
+    ConvBlock,
+    ConvRegressor,
+    build_model,
+    check_channels,
+    check_features,
+    check_ndim,
+    conv_class,
+    module_dtype,
+    norm_layer,
+    pair_input,
+    register_model,
+    strided_encoder,
+)
+
+__all__ = ["UNet", "RegistrationNet", "AffineNet", "IdentityNet", "RegistrationChain", "multi_stage",
+           # re-exported building blocks (defined in .layers)
+           "ConvBlock", "ConvRegressor", "strided_encoder", "build_model", "register_model"]
 
 
-def _conv(ndim: int) -> type[nn.Module]:
-    if ndim not in (2, 3):
-        raise ValueError(f"networks: ndim must be 2 or 3, got {ndim!r}")
-    return nn.Conv2d if ndim == 2 else nn.Conv3d
+# the building blocks live in .layers; the old private names stay as aliases for code that imports them
+_conv = conv_class
+_norm = norm_layer
+_check_features = check_features
+_pair_input = pair_input
 
 
-def _norm(ndim: int, kind: str | None, channels: int) -> nn.Module:
-    check_choice("networks", "norm", kind if kind is not None else "none", ("none", "batch", "instance"))
-    if kind is None or kind == "none":
-        return nn.Identity()
-    if kind == "batch":
-        return (nn.BatchNorm2d if ndim == 2 else nn.BatchNorm3d)(channels)
-    # instance normalisation (per image and channel, learnt scale and shift) computed as a group norm
-    # with one channel per group: the same numbers as nn.InstanceNorm*d(affine=True), several times faster
-    return nn.GroupNorm(channels, channels)
-
-
-class ConvBlock(nn.Sequential):
-    """``conv 3^ndim (stride s) -> [norm] -> LeakyReLU(0.2)``, the building block of every network here."""
-
-    def __init__(self, ndim: int, in_channels: int, out_channels: int, stride: int = 1, norm: str | None = None):
-        super().__init__(
-            _conv(ndim)(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
-            _norm(ndim, norm, out_channels),
-            nn.LeakyReLU(0.2),
-        )
-
-
-def _check_features(fn: str, features: Sequence[int], minimum: int = 1) -> tuple[int, ...]:
-    feats = tuple(int(f) for f in features)
-    if len(feats) < minimum or min(feats) < 1:
-        raise ValueError(f"{fn}: features must be at least {minimum} positive channel counts, got {tuple(features)!r}")
-    return feats
-
-
+@register_model
 class UNet(nn.Module):
     r"""U-Net encoder-decoder with skip connections (Ronneberger et al., 2015), VoxelMorph-style.
 
@@ -103,12 +94,15 @@ class UNet(nn.Module):
         norm: str | None = None,
     ):
         super().__init__()
-        conv = _conv(ndim)
-        feats = _check_features("UNet", features)
-        dec = _check_features("UNet", decoder_features) if decoder_features is not None else feats[-2::-1]
+        ndim = check_ndim("UNet", ndim)
+        conv = conv_class(ndim)
+        in_channels = check_channels("UNet", "in_channels", in_channels)
+        feats = check_features("UNet", features)
+        dec = check_features("UNet", decoder_features, name="decoder_features") if decoder_features is not None else feats[-2::-1]
         if len(dec) != len(feats) - 1:
             raise ValueError(f"UNet: decoder_features must have len(features) - 1 = {len(feats) - 1} entries, got {len(dec)}")
-        out_channels = ndim if out_channels is None else int(out_channels)
+        out_channels = ndim if out_channels is None else check_channels("UNet", "out_channels", out_channels)
+        final_init_std = check_number("UNet", "final_init_std", final_init_std, low=0)
         self.ndim = ndim
         self.config = dict(ndim=ndim, in_channels=in_channels, out_channels=out_channels, features=list(feats),
                            decoder_features=list(dec), final_init_std=final_init_std, norm=norm)
@@ -125,7 +119,7 @@ class UNet(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_image("UNet", "x", x, ndim=self.ndim)
+        x = as_float("UNet", "x", check_image("UNet", "x", x, ndim=self.ndim), module_dtype(self))
         skips = [self.inc(x)]
         for block in self.down:
             skips.append(block(skips[-1]))
@@ -137,66 +131,7 @@ class UNet(nn.Module):
         return self.head(self.refine(y))
 
 
-def strided_encoder(ndim: int, in_channels: int, features: Sequence[int], norm: str | None) -> nn.Sequential:
-    """Conv blocks with ``features`` channels, stride 1 for the first and 2 (halving the size) after."""
-    blocks, c = [], in_channels
-    for i, f in enumerate(features):
-        blocks.append(ConvBlock(ndim, c, f, stride=1 if i == 0 else 2, norm=norm))
-        c = f
-    return nn.Sequential(*blocks)
-
-
-class ConvRegressor(nn.Module):
-    """Convolutional encoder -> adaptive average pooling to ``pool^ndim`` cells -> MLP -> ``out_features``.
-
-    Pooling to a small grid (instead of one global average) keeps *where* features are, which a
-    network needs to regress a translation. The last linear layer starts at zero weights with bias
-    ``init_bias`` (e.g. the identity transform), so the initial output does not depend on the input.
-    """
-
-    def __init__(
-        self,
-        ndim: int,
-        in_channels: int,
-        out_features: int,
-        features: Sequence[int] = (16, 32, 64, 64),
-        hidden: int = 64,
-        pool: int = 4,
-        norm: str | None = None,
-        init_bias: torch.Tensor | None = None,
-    ):
-        super().__init__()
-        feats = _check_features("ConvRegressor", features)
-        self.encoder = strided_encoder(ndim, in_channels, feats, norm)
-        c = feats[-1]
-        self.pool = (nn.AdaptiveAvgPool2d if ndim == 2 else nn.AdaptiveAvgPool3d)(pool)
-        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(c * pool**ndim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, out_features))
-        last = self.mlp[-1]
-        nn.init.zeros_(last.weight)
-        if init_bias is None:
-            nn.init.zeros_(last.bias)
-        else:
-            with torch.no_grad():
-                last.bias.copy_(init_bias.reshape(-1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.pool(self.encoder(x)))
-
-
-def _pair_input(fn: str, fixed: torch.Tensor, moving: torch.Tensor, ndim: int, channels: int) -> torch.Tensor:
-    fixed = check_image(fn, "fixed", fixed, ndim=ndim)
-    moving = check_image(fn, "moving", moving, ndim=ndim)
-    check_same_spatial(fn, "fixed", fixed, "moving", moving)
-    if fixed.shape[0] != moving.shape[0]:
-        raise ValueError(f"{fn}: fixed and moving must have the same batch size, got {fixed.shape[0]} and {moving.shape[0]}")
-    if fixed.shape[1] != channels or moving.shape[1] != channels:
-        raise ValueError(
-            f"{fn}: fixed and moving must have {channels} channel(s) each (the model's `channels`), "
-            f"got {fixed.shape[1]} and {moving.shape[1]}"
-        )
-    return torch.cat([fixed, moving], dim=1)
-
-
+@register_model
 class RegistrationNet(nn.Module):
     r"""VoxelMorph-style deformable registration network (Balakrishnan et al., 2019).
 
@@ -236,8 +171,11 @@ class RegistrationNet(nn.Module):
         norm: str | None = "instance",
     ):
         super().__init__()
-        if not 0 < scale <= 1:
+        ndim = check_ndim("RegistrationNet", ndim)
+        channels = check_channels("RegistrationNet", "channels", channels)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
             raise ValueError(f"RegistrationNet: scale must be in (0, 1], got {scale!r}")
+        integration_steps = check_number("RegistrationNet", "integration_steps", integration_steps, low=0, integer=True)
         self.ndim, self.channels = ndim, channels
         self.diffeomorphic, self.integration_steps, self.scale = bool(diffeomorphic), int(integration_steps), float(scale)
         self.unet = UNet(ndim, 2 * channels, ndim, features, final_init_std=final_init_std, norm=norm)
@@ -245,7 +183,8 @@ class RegistrationNet(nn.Module):
                            integration_steps=int(integration_steps), scale=float(scale), final_init_std=final_init_std, norm=norm)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, Any]:
-        x = _pair_input("RegistrationNet", fixed, moving, self.ndim, self.channels)
+        x = pair_input("RegistrationNet", fixed, moving, self.ndim, self.channels, module=self)
+        moving = x[:, self.channels:]  # in the network's dtype
         shape = tuple(fixed.shape[2:])
         if self.scale != 1.0:
             x = resize(x, scale=self.scale)
@@ -264,6 +203,7 @@ class RegistrationNet(nn.Module):
         return out
 
 
+@register_model
 class AffineNet(nn.Module):
     r"""Affine registration network: regresses one global affine transform of a (fixed, moving) pair.
 
@@ -282,19 +222,23 @@ class AffineNet(nn.Module):
     def __init__(self, ndim: int = 2, channels: int = 1, features: Sequence[int] = (16, 32, 64, 64), hidden: int = 64,
                  pool: int = 4, norm: str | None = None):
         super().__init__()
+        ndim = check_ndim("AffineNet", ndim)
+        channels = check_channels("AffineNet", "channels", channels)
         self.ndim, self.channels = ndim, channels
         eye = torch.eye(ndim, ndim + 1)
         self.regressor = ConvRegressor(ndim, 2 * channels, ndim * (ndim + 1), features, hidden, pool, norm, init_bias=eye)
         self.config = dict(ndim=ndim, channels=channels, features=list(features), hidden=hidden, pool=pool, norm=norm)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, Any]:
-        x = _pair_input("AffineNet", fixed, moving, self.ndim, self.channels)
+        x = pair_input("AffineNet", fixed, moving, self.ndim, self.channels, module=self)
+        moving = x[:, self.channels:]  # in the network's dtype
         shape = tuple(fixed.shape[2:])
         theta = self.regressor(x).reshape(-1, self.ndim, self.ndim + 1)
         A = transforms.theta_to_affine(theta, shape)
         return {"matrix": A, "dvf": affine_to_dvf(A, shape), "moved": affine_warp(moving, A), "regularise": []}
 
 
+@register_model
 class IdentityNet(nn.Module):
     """The identity 'registration' (zero displacement): the baseline every model must beat."""
 
@@ -303,11 +247,14 @@ class IdentityNet(nn.Module):
         self.config: dict[str, Any] = {}
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, Any]:
+        fixed, moving = check_pair("IdentityNet", "fixed", fixed, "moving", moving)
+        moving = as_float("IdentityNet", "moving", moving)
         ndim = fixed.dim() - 2
         dvf = torch.zeros(fixed.shape[0], ndim, *fixed.shape[2:], dtype=moving.dtype, device=moving.device)
         return {"dvf": dvf, "moved": moving, "regularise": []}
 
 
+@register_model
 class RegistrationChain(nn.Module):
     r"""A multi-stage registration network: each stage registers ``fixed`` to the output of the previous.
 
@@ -339,6 +286,8 @@ class RegistrationChain(nn.Module):
         return {"stages": [{"class": type(s).__name__, "config": s.config} for s in self.stages]}
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, Any]:
+        fixed, moving = check_pair("RegistrationChain", "fixed", fixed, "moving", moving)
+        moving = as_float("RegistrationChain", "moving", moving, module_dtype(self))
         total, moved, outs, reg = None, moving, [], []
         for stage in self.stages:
             out = stage(fixed, moved)
@@ -361,19 +310,8 @@ def multi_stage(
     diffeomorphic: bool = False,
 ) -> RegistrationChain:
     """A DLIR-style chain: an optional :class:`AffineNet`, then one :class:`RegistrationNet` per scale (coarse to fine)."""
+    if len(scales) == 0 and not affine:
+        raise ValueError("multi_stage: give at least one stage (affine=True or a non-empty scales), got neither")
     stages: list[nn.Module] = [AffineNet(ndim, channels)] if affine else []
     stages += [RegistrationNet(ndim, channels, features, diffeomorphic=diffeomorphic, scale=s) for s in scales]
     return RegistrationChain(stages)
-
-
-def build_model(name: str, config: dict[str, Any]) -> nn.Module:
-    """Rebuild a model of this package from its class name and ``config`` (as saved in a checkpoint)."""
-    from .rl import QNetwork
-    from .similarity_net import SimilarityNet
-    from .stn import CNNClassifier, SpatialTransformer, STNClassifier
-
-    known = {c.__name__: c for c in (UNet, RegistrationNet, AffineNet, IdentityNet, RegistrationChain, SpatialTransformer,
-                                     STNClassifier, CNNClassifier, SimilarityNet, QNetwork)}
-    if name not in known:
-        raise ValueError(f"build_model: unknown model class {name!r}; known: {', '.join(sorted(known))}")
-    return known[name](**config)

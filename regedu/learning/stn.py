@@ -22,11 +22,12 @@ import torch
 import torch.nn as nn
 
 from .. import transforms
-from .._checks import check_image
+from .._checks import as_float, check_image
 from ..spatial_transformer import affine_warp
-from .networks import ConvRegressor, _check_features, strided_encoder
+from .layers import ConvRegressor, check_channels, check_features, check_ndim, module_dtype, register_model, strided_encoder
 
 
+@register_model
 class SpatialTransformer(nn.Module):
     r"""Affine spatial transformer: localisation net -> :math:`\theta` -> grid generator -> sampler.
 
@@ -44,26 +45,30 @@ class SpatialTransformer(nn.Module):
     def __init__(self, ndim: int = 2, in_channels: int = 1, features: Sequence[int] = (8, 16, 32),
                  output_shape: Sequence[int] | None = None, hidden: int = 32):
         super().__init__()
+        ndim = check_ndim("SpatialTransformer", ndim)
+        in_channels = check_channels("SpatialTransformer", "in_channels", in_channels)
         self.ndim = ndim
         self.output_shape = None if output_shape is None else tuple(int(s) for s in output_shape)
         eye = torch.eye(ndim, ndim + 1)
-        self.localisation = ConvRegressor(ndim, in_channels, ndim * (ndim + 1), _check_features("SpatialTransformer", features),
+        self.localisation = ConvRegressor(ndim, in_channels, ndim * (ndim + 1), check_features("SpatialTransformer", features),
                                           hidden=hidden, pool=4, init_bias=eye)
         self.config = dict(ndim=ndim, in_channels=in_channels, features=list(features),
                            output_shape=None if output_shape is None else list(self.output_shape), hidden=hidden)
 
     def theta(self, x: torch.Tensor) -> torch.Tensor:
         r""":math:`\theta = f_{loc}(x)`, ``(B, ndim, ndim+1)`` in PyTorch's normalised coordinates."""
-        x = check_image("SpatialTransformer", "x", x, ndim=self.ndim)
+        x = as_float("SpatialTransformer", "x", check_image("SpatialTransformer", "x", x, ndim=self.ndim), module_dtype(self))
         return self.localisation(x).reshape(-1, self.ndim, self.ndim + 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = as_float("SpatialTransformer", "x", check_image("SpatialTransformer", "x", x, ndim=self.ndim), module_dtype(self))
         theta = self.theta(x)
         out_shape = self.output_shape or tuple(x.shape[2:])
         A = transforms.theta_to_affine(theta, out_shape, tuple(x.shape[2:]))
         return affine_warp(x, A, shape=out_shape), A
 
 
+@register_model
 class CNNClassifier(nn.Module):
     """A plain CNN classifier: conv blocks (stride 2 after the first), average pooling to a ``pool x pool``
     grid, and a fully connected layer (as the CNN baselines of Jaderberg et al., 2015).
@@ -79,7 +84,10 @@ class CNNClassifier(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, features: Sequence[int] = (16, 32, 64), ndim: int = 2,
                  dropout: float = 0.0, pool: int = 4, norm: str | None = "instance"):
         super().__init__()
-        feats = _check_features("CNNClassifier", features)
+        ndim = check_ndim("CNNClassifier", ndim)
+        num_classes = check_channels("CNNClassifier", "num_classes", num_classes)
+        in_channels = check_channels("CNNClassifier", "in_channels", in_channels)
+        feats = check_features("CNNClassifier", features)
         blocks, c = strided_encoder(ndim, in_channels, feats, norm), feats[-1]
         pooling = nn.AdaptiveAvgPool2d(pool) if ndim == 2 else nn.AdaptiveAvgPool3d(pool)
         self.ndim = ndim
@@ -89,9 +97,10 @@ class CNNClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_image(type(self).__name__, "x", x, ndim=self.ndim)
-        return self.body(x)
+        return self.body(as_float(type(self).__name__, "x", x, module_dtype(self)))
 
 
+@register_model
 class STNClassifier(nn.Module):
     """A :class:`SpatialTransformer` in front of a :class:`CNNClassifier` with the same backbone.
 
