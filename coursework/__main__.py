@@ -35,7 +35,8 @@ def _limits(args, names):
 
 
 def cmd_grade(args) -> int:
-    from .grading.batch import BatchGrader, Guard, find_submissions, load_assignments, write_gradebook
+    from .grading.batch import (BatchGrader, Guard, clean, find_submissions, install_stop_handlers, load_assignments,
+                                load_rows, write_feedback, write_gradebook, write_nbgrader_db)
     from .grading.spec import ROOT
 
     assignments = load_assignments(args.assignment)
@@ -43,29 +44,56 @@ def cmd_grade(args) -> int:
     if not root.is_dir():
         sys.exit(f"grade: {root} is not a folder of submissions (<student>/<assignment>.ipynb)")
     out = Path(args.out)
-    subs = find_submissions(root, list(assignments))
+    subs, notes = find_submissions(root, list(assignments))
     if not args.assignment:  # grade the assignments that somebody submitted
-        submitted = {a for _, a, nb in subs if nb is not None}
+        submitted = {a for _, a, nb, _ in subs if nb is not None}
         subs = [s for s in subs if s[1] in submitted]
+    for entry, why in notes:
+        print(f"not graded: {clean(entry, 120)}: {clean(why)}")
+    if not subs:
+        print(f"grade: no submissions found in {root}. Expected <student>/<assignment>.ipynb, "
+              f"<student>/<assignment>/<assignment>.ipynb or loose notebooks named after an assignment "
+              f"({', '.join(assignments)}); see coursework/README.md")
+    done = load_rows(out) if args.resume else []
+    if done:
+        done = [r for r in done if r.status in ("graded", "invalid", "missing")]   # errors and timeouts: again
     grader = BatchGrader(assignments, _limits(args, list(assignments)), jobs=args.jobs, isolation=args.isolation,
-                         threads=args.threads)
+                         threads=args.threads, worker_memory_gb=args.worker_memory_gb)
+    rows: list = list(done)
+
+    def save(current=None) -> None:
+        if current is not None:
+            rows[:] = current
+        write_gradebook(rows, out, notes)
+
+    install_stop_handlers(grader, save)
     guard = None
     if grader.isolation == "process":  # kernels could write the course: snapshot it, restore and flag changes
         import regedu
 
-        print("warning: no namespace sandbox here; submissions run as your user. Do not edit coursework/ or regedu/ "
-              "while grading: any change is undone and blamed on the submission being graded.")
+        print("warning: no bubblewrap sandbox here (" + grader.sandbox + "); submissions run as your user. Do not "
+              "edit coursework/ or regedu/ while grading: any change is undone and blamed on the submission being graded.")
         guard = Guard([ROOT, Path(regedu.__file__).parent], skip=[out.resolve(), root.resolve()])
     try:
-        rows = grader.grade(subs, guard=guard)
+        grader.grade(subs, guard=guard, done=done, on_row=save)
     finally:
         grader.close()
-    csv_path, json_path = write_gradebook(rows, out)
-    print(f"gradebook: {csv_path} and {json_path} ({len(rows)} rows)")
+    save()
+    feedback = write_feedback(rows, out)
+    print(f"gradebook: {out / 'gradebook.csv'}, {out / 'gradebook.json'}, nbgrader export format: {out / 'grades.csv'} "
+          f"({len(rows)} rows); feedback files: {len(feedback)} in {out / 'feedback'}"
+          + (f"; not graded: {len(notes)} entries, see {out / 'not_graded.csv'}" if notes else ""))
+    if args.nbgrader_db:
+        print(f"nbgrader gradebook {args.nbgrader_db}: {write_nbgrader_db(rows, args.nbgrader_db, assignments)} submissions")
     return 0
 
 
 def cmd_release(args) -> int:
+    try:
+        import nbgrader  # noqa: F401
+    except ImportError:
+        sys.exit("release: needs nbgrader, which the course set-up does not install. Install the grading extra: "
+                 "pip install -e '.[grading]'  (see coursework/README.md)")
     from .release import release
 
     release(args.assignment or None, check=not args.no_check)
@@ -98,15 +126,19 @@ def main(argv=None) -> int:
     g.add_argument("submissions", help="folder with <student>/<assignment>.ipynb or <student>/<assignment>/<assignment>.ipynb")
     g.add_argument("--out", default="gradebook", help="folder for gradebook.csv and gradebook.json (default: ./gradebook)")
     g.add_argument("--assignment", action="append", help="grade only this assignment (repeatable; default: every assignment somebody submitted)")
-    g.add_argument("--jobs", type=int, default=1, help="submissions graded at the same time (namespace sandbox only)")
+    g.add_argument("--jobs", type=int, default=1, help="submissions graded at the same time (bubblewrap sandbox only)")
     g.add_argument("--timeout", action="append", metavar="[ASSIGNMENT=]SECONDS",
-                   help="time limit per notebook, after kernel start-up (defaults: a1 180, a2 240, a3 420)")
+                   help="CPU seconds per notebook (defaults: a1 180, a2 240, a3 420); a wall-clock backstop is 4x + 60 s")
     g.add_argument("--cell-timeout", action="append", metavar="[ASSIGNMENT=]SECONDS",
-                   help="time limit per cell and per test cell (defaults: a1 60, a2 90, a3 180)")
+                   help="CPU seconds per cell and per test cell (defaults: a1 60, a2 90, a3 180)")
     g.add_argument("--memory-gb", type=float, default=8.0, help="address-space limit of each kernel (default 8)")
+    g.add_argument("--worker-memory-gb", type=float, default=3.0, help="address-space limit of each grading worker (default 3)")
     g.add_argument("--threads", type=int, default=1, help="CPU threads per kernel (default 1)")
-    g.add_argument("--isolation", choices=["auto", "namespace", "process"], default="auto",
-                   help="namespace: Linux user/mount/PID/network namespaces (default where available); process: fallback")
+    g.add_argument("--resume", action="store_true", help="keep the rows of an existing gradebook in --out; grade the rest")
+    g.add_argument("--nbgrader-db", metavar="URL", help="also write the scores into this nbgrader gradebook "
+                   "(e.g. sqlite:///coursework/gradebook.db) so that formgrader shows them")
+    g.add_argument("--isolation", choices=["auto", "bubblewrap", "namespace", "process"], default="auto",
+                   help="bubblewrap: the sandbox (default where it works); process: the weaker fallback")
     g.set_defaults(func=cmd_grade)
 
     c = sub.add_parser("check", help="check the source notebooks' nbgrader metadata and test cells")

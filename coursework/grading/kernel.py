@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import ast
 import functools
-import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,12 +22,11 @@ import zmq
 from jupyter_client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
+from . import bwrap as bw
 from .sandbox import Limits, clean_env, end_processes, limit_child
 
 RPC_MIME = "application/x-coursework-rpc"
 RPC_RESULT_EXPR = "__coursework_rpc__.result"
-NSINIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nsinit.py")
-UNSHARE = ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "--net", "--"]
 MAX_MESSAGE = 32 * 1024**2  # a kernel message larger than this drops the connection instead of eating memory
 
 
@@ -43,6 +40,8 @@ class CellResult:
     rpc: str | None = None           # the result of a grader call (see coursework.grading.rpc)
     idle: bool = False
     output_lost: bool = False        # a message over the size cap broke the output connection
+    limit: str = ""                  # "cpu" or "wall": which limit stopped it
+    cpu_s: float = 0.0               # CPU seconds the cell used (when measured)
 
     def summary(self) -> str:
         if self.status == "error":
@@ -54,17 +53,7 @@ class KernelDied(RuntimeError):
     pass
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        import psutil
-        return [c.pid for c in psutil.Process(pid).children()]
-    except Exception:
-        return []
-
-
-SYSTEM = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/dev", "/sys",
-          "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/localtime", "/etc/ld.so.cache",
-          "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/fonts", "/etc/mime.types"]
+SYSTEM = bw.SYSTEM
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,30 +94,27 @@ def readonly_paths() -> list[str]:
 
 
 def namespaces_available() -> bool:
-    """True where the kernel can run in its own user, mount, PID and network namespaces (Linux)."""
+    """True where the kernel can run in the bubblewrap sandbox (Linux with user namespaces and bwrap)."""
     if not sys.platform.startswith("linux") or os.environ.get("COURSEWORK_ISOLATION") == "process":
         return False
-    if shutil.which("unshare") is None or shutil.which("setpriv") is None or shutil.which("mount") is None:
-        return False
-    import tempfile
+    return bw.find_bwrap()[0] is not None
 
-    with tempfile.TemporaryDirectory(prefix="cw-probe-") as tmp:
-        os.mkdir(os.path.join(tmp, "root"))
-        spec = dict(root=os.path.join(tmp, "root"), readonly=readonly_paths(), writable=[], cwd="/",
-                    env={"PATH": os.environ.get("PATH", "")}, cmd=[sys.executable, "-I", "-S", "-c", "print('sandbox-ok')"])
-        try:
-            out = subprocess.run([*UNSHARE, sys.executable, "-I", "-S", NSINIT, json.dumps(spec)],
-                                 capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-    return out.returncode == 0 and "sandbox-ok" in out.stdout
+
+def sandbox_description(isolation: str) -> str:
+    """One line for the gradebook: what contained the kernel."""
+    if isolation == "process":
+        why = bw.find_bwrap()[1] if sys.platform.startswith("linux") else f"no bubblewrap on {sys.platform}"
+        return ("process-only fallback (WEAKER: the kernel runs as the grader's user and could read its files; "
+                f"{why})")
+    return bw.find_bwrap()[1]
 
 
 class Kernel:
     """One ipykernel process in a sandbox: its own session, limits, clean environment, cwd ``workdir``."""
 
-    def __init__(self, workdir: str, conndir: str, limits: Limits, isolation: str = "process", threads: int = 1):
-        self.workdir, self.conndir, self.limits, self.threads = workdir, conndir, limits, threads
+    def __init__(self, workdir: str, conndir: str, limits: Limits, isolation: str = "process", threads: int = 1,
+                 cache: str | None = None):
+        self.workdir, self.conndir, self.limits, self.threads, self.cache = workdir, conndir, limits, threads, cache
         self.isolation = isolation
         self.token = secrets.token_hex(16)
         self.kernel_pid: int | None = None
@@ -137,7 +123,7 @@ class Kernel:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 60.0) -> None:
-        ns = self.isolation == "namespace"
+        ns = self.isolation != "process"
         conn = os.path.join(self.conndir, "kernel.json")
         if ns:  # no network inside: Unix sockets in the (private) connection folder
             write_connection_file(conn, transport="ipc", ip=os.path.join(self.conndir, "k"), key=secrets.token_hex(32).encode())
@@ -146,14 +132,17 @@ class Kernel:
         os.chmod(conn, 0o600)
         kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", conn,
                       "--HistoryManager.enabled=False", "--IPKernelApp.capture_fd_output=False"]
-        env = clean_env(self.workdir, self.token, self.threads)
         if ns:
-            newroot = os.path.join(os.path.dirname(self.conndir), "root")   # beside (not inside) a writable folder
-            os.makedirs(newroot, exist_ok=True)
-            spec = dict(root=newroot, readonly=readonly_paths(), writable=[self.workdir, self.conndir],
-                        cwd=self.workdir, env=env, cmd=kernel_cmd)
-            cmd = [*UNSHARE, sys.executable, "-I", "-S", NSINIT, json.dumps(spec)]
+            bw.prepare_dirs(self.conndir, conn)
+            env = clean_env(bw.HOME, self.token, self.threads)
+            stage = os.path.join(os.path.dirname(self.conndir), f"stage-{secrets.token_hex(4)}")
+            os.makedirs(stage, mode=0o711)
+            cmd = bw.sandboxed(bw.find_bwrap()[0], readonly_paths(), self.conndir, kernel_cmd,
+                               nproc=self.limits.processes, cpu_s=int(self.limits.cpu_backstop()),
+                               home_mb=self.limits.disk_mb, tmp_mb=self.limits.disk_mb // 2, cache=self.cache,
+                               stage_dir=stage)
         else:
+            env = clean_env(self.workdir, self.token, self.threads)
             cmd = kernel_cmd
         self.log = os.path.join(os.path.dirname(self.conndir), "kernel.log")   # start-up errors; outside the sandbox
         with open(self.log, "wb") as log:
@@ -165,6 +154,8 @@ class Kernel:
         kc.load_connection_file(conn)
         # a single message larger than this drops the connection instead of filling our memory
         kc.context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        # and at most a few of them wait in the queue (the kernel's side drops the rest): bounded memory
+        kc.context.setsockopt(zmq.RCVHWM, 4)
         kc.start_channels()
         self.kc = kc
         try:
@@ -183,11 +174,38 @@ class Kernel:
                 os.remove(conn)
             except OSError:
                 pass
-        if ns:  # the kernel is the child of unshare (PID 1 of its namespaces)
-            kids = _children(self.proc.pid)
-            self.kernel_pid = kids[0] if kids else self.proc.pid
-        else:
-            self.kernel_pid = self.proc.pid
+        self.kernel_pid = self._find_kernel_pid() if ns else self.proc.pid
+
+    def _find_kernel_pid(self) -> int:
+        """The ipykernel process inside bwrap (the child of bwrap's own PID 1)."""
+        import psutil
+
+        for _ in range(50):
+            try:
+                for p in psutil.Process(self.proc.pid).children(recursive=True):
+                    if "ipykernel_launcher" in " ".join(p.cmdline()):
+                        return p.pid
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the kernel and every process below it."""
+        import psutil
+
+        total = 0.0
+        try:
+            root = psutil.Process(self.kernel_pid or self.proc.pid)
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system + t.children_user + t.children_system
+                except psutil.Error:
+                    continue
+        except psutil.Error:
+            pass
+        return total
 
     def startup_log(self) -> str:
         try:
@@ -221,30 +239,47 @@ class Kernel:
                 pass
 
     # ------------------------------------------------------------------ execution
-    def execute(self, code: str, timeout: float, rpc: bool = False) -> CellResult:
-        """Run ``code``; never waits longer than ``timeout`` seconds plus a few seconds of interrupt grace.
+    def execute(self, code: str, timeout: float, rpc: bool = False, cpu: float | None = None) -> CellResult:
+        """Run ``code`` with a limit of ``cpu`` seconds of CPU time (the kernel's and its children's) and a
+        wall-clock backstop of ``timeout`` seconds (plus a few seconds of interrupt grace).
 
-        Completion is the shell channel's reply; outputs are read from iopub on the way. With
-        ``rpc`` the reply carries the result of the grader's call (``user_expressions``), so
-        calls work even when the student's output has broken the iopub connection.
+        CPU time is what the student's code consumed, so the limit means the same on a busy machine
+        as on an idle one; the wall-clock backstop only catches code that waits (``sleep``, a blocked
+        read). Completion is the shell channel's reply; outputs are read from iopub on the way. With
+        ``rpc`` the reply carries the result of the grader's call (``user_expressions``), so calls
+        work even when the student's output has broken the iopub connection.
         """
         if not self.alive() or self.kc is None:
             return CellResult("died", "KernelDied", "the kernel is not running")
         kc = self.kc
         expr = {"rpc": RPC_RESULT_EXPR} if rpc else {}
+        cpu0 = self.cpu_seconds() if cpu is not None else 0.0
         msg_id = kc.execute(code, silent=False, store_history=False, allow_stdin=False, stop_on_error=False,
                             user_expressions=expr)
         res = CellResult("ok")
         cap = self.limits.output_kb * 1024
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
+        next_cpu_check = start + 0.25
         interrupted_at = reply = None
+        why = ""
         while reply is None:
             now = time.monotonic()
-            if interrupted_at is None and now > deadline:
-                self.interrupt()
-                interrupted_at = now
-            if interrupted_at is not None and now > interrupted_at + 2.0:
-                res.status, res.ename, res.evalue = "timeout", "TimeoutError", f"timed out after {timeout:.0f} s"
+            if interrupted_at is None:
+                if now > deadline:
+                    why = f"stopped by the wall-clock backstop after {timeout:.0f} s (waiting, not computing)"
+                elif cpu is not None and now > next_cpu_check:
+                    next_cpu_check = now + 0.25
+                    used = self.cpu_seconds() - cpu0
+                    if used > cpu:
+                        why = f"used more than {cpu:.0f} s of CPU time"
+                if why:
+                    res.limit = "wall" if now > deadline else "cpu"
+                    self.interrupt()
+                    interrupted_at = now
+            if interrupted_at is not None and now > interrupted_at + 5.0:
+                res.status, res.ename, res.evalue = "timeout", "TimeoutError", f"{why}; did not stop when interrupted"
+                res.cpu_s = round(self.cpu_seconds() - cpu0, 2)
                 return res
             self._drain_iopub(msg_id, res, cap, wait=0.05)
             try:
@@ -264,13 +299,15 @@ class Kernel:
         if not res.idle:
             self._reconnect_iopub()
             res.output_lost = True
+        if cpu is not None:
+            res.cpu_s = round(self.cpu_seconds() - cpu0, 2)
         content = reply.get("content", {})
         payload = content.get("payload") if isinstance(content.get("payload"), list) else []
         if any(isinstance(p, dict) and p.get("source") == "ask_exit" for p in payload):
             # exit() / quit(): the kernel shuts down right after this reply
             res.status, res.ename, res.evalue = "died", "KernelExit", "the cell asked the kernel to exit"
         elif interrupted_at is not None:
-            res.status, res.ename, res.evalue = "timeout", "TimeoutError", f"timed out after {timeout:.0f} s (interrupted)"
+            res.status, res.ename, res.evalue = "timeout", "TimeoutError", f"{why} (interrupted)"
         elif content.get("status") == "error":
             res.status, res.ename, res.evalue = "error", str(content.get("ename", ""))[:200], str(content.get("evalue", ""))[:1000]
         if rpc:

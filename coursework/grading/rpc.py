@@ -24,7 +24,8 @@ import time
 
 import numpy as np
 
-MAX_RESULT = 64 * 1024**2     # bytes of JSON accepted from the kernel per call
+MAX_RESULT = 32 * 1024**2     # bytes of JSON accepted from the kernel per call
+MAX_ELEMENTS = 2**22          # array elements accepted per call, all arrays together (4 M; the tests need far fewer)
 DTYPES = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
 # exceptions that keep their type when they cross (so a test can expect e.g. a ValueError)
 PASS_THROUGH = {name: getattr(builtins, name) for name in (
@@ -40,6 +41,10 @@ class StudentError(Exception):
 
 class KernelUnavailable(RuntimeError):
     """The kernel died, timed out or broke the protocol; the worker will restart it."""
+
+
+class ResultTooLarge(StudentError, ValueError):
+    """A result over the size cap: the question fails, the kernel stays usable."""
 
 
 _error_types: dict[str, type] = {}
@@ -92,12 +97,17 @@ def decode(text: str, remote: "Remote"):
     if len(text) > MAX_RESULT:
         raise KernelUnavailable(f"the result is larger than {MAX_RESULT // 1024**2} MB")
 
+    elements = [0]
+
     def array(spec) -> np.ndarray:
         if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES:
             raise ValueError("bad array")
         shape = spec.get("shape")
         if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape) or len(shape) > 8:
             raise ValueError("bad shape")
+        elements[0] += int(np.prod(shape, dtype=np.int64))
+        if elements[0] > MAX_ELEMENTS:
+            raise OverflowError("too many array elements")
         raw = base64.b64decode(spec.get("data", ""), validate=True)
         a = np.frombuffer(raw, dtype=np.dtype(spec["dtype"]))
         if a.size != int(np.prod(shape, dtype=np.int64)):
@@ -121,6 +131,8 @@ def decode(text: str, remote: "Remote"):
 
     try:
         return json.loads(text, object_hook=hook)
+    except OverflowError:
+        raise ResultTooLarge(f"your result has more than {MAX_ELEMENTS} array elements; the grader refuses it") from None
     except (ValueError, TypeError, RecursionError) as e:
         raise KernelUnavailable(f"the kernel sent a malformed result ({type(e).__name__})") from None
 
@@ -132,6 +144,8 @@ class Remote:
     def __init__(self, kernel):
         self.kernel = kernel
         self.deadline = float("inf")
+        self.cpu_budget = float("inf")   # CPU seconds the current test may spend in the kernel
+        self.cpu_spent = 0.0
         self.broken = ""
         self.calls = 0
 
@@ -139,15 +153,18 @@ class Remote:
         if self.broken:
             raise KernelUnavailable(self.broken)
         timeout = self.deadline - time.monotonic()
-        if timeout <= 0:
+        cpu = self.cpu_budget - self.cpu_spent
+        if timeout <= 0 or cpu <= 0:
             raise TimeoutError("the test ran out of time")
         payload = json.dumps(req)
         self.calls += 1
-        res = self.kernel.execute(f"__coursework_rpc__.call({payload!r})", timeout=timeout, rpc=True)
+        res = self.kernel.execute(f"__coursework_rpc__.call({payload!r})", timeout=timeout, rpc=True,
+                                  cpu=None if cpu == float("inf") else cpu)
+        self.cpu_spent += res.cpu_s
         if res.status in ("timeout", "died"):
             self.broken = "the student's code " + ("timed out" if res.status == "timeout" else "killed the kernel")
             if res.status == "timeout":
-                raise TimeoutError(f"the student's code did not return within {timeout:.0f} s")
+                raise TimeoutError(f"your code did not return: {res.evalue}")
             raise KernelUnavailable(self.broken)
         if res.rpc is None:
             raise KernelUnavailable("no result from the kernel" + (f" ({res.summary()})" if res.status == "error" else ""))
@@ -268,6 +285,8 @@ def __coursework_install():
         def target(self, t):
             if "handle" in t:
                 return self.handles[t["handle"]]
+            if t["name"] not in ip.user_ns:
+                raise NameError(f"name {t['name']!r} is not defined (did its cell run?)")
             return ip.user_ns[t["name"]]
 
         def call(self, text):

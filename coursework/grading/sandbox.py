@@ -30,13 +30,33 @@ TOKEN_VAR = "COURSEWORK_GRADING_TOKEN"
 
 @dataclass
 class Limits:
-    """Limits for grading one notebook (seconds, GiB, MiB, KiB)."""
+    """Limits for grading one notebook (seconds, GiB, MiB, KiB).
 
-    notebook: float = 300.0   # the whole submission: kernel start, student cells, tests
-    cell: float = 60.0        # one student cell, or one test cell including its calls into the kernel
+    ``notebook`` and ``cell`` are **CPU time** (the kernel's and its children's, measured by the worker),
+    so a correct submission gets the same verdict on a busy server as on an idle laptop. Code that
+    waits instead of computing is stopped by wall-clock backstops, ``wall_factor`` times longer
+    (plus a margin); a submission stopped by the notebook's backstop is graded again, alone, before
+    a zero is recorded (see :mod:`.batch`).
+    """
+
+    notebook: float = 300.0   # CPU seconds for the student's cells and the tests together
+    cell: float = 60.0        # CPU seconds for one student cell, or one test cell's calls into the kernel
     memory_gb: float = 8.0    # RLIMIT_AS of the kernel; torch alone reserves a few GB of address space
     file_mb: int = 512        # largest file the kernel may write
     output_kb: int = 64       # captured text output kept per cell (the rest is counted and dropped)
+    processes: int = 256      # RLIMIT_NPROC in the sandbox (processes and threads)
+    disk_mb: int = 512        # size of the kernel's home folder (tmpfs); /tmp gets half of it
+    wall_factor: float = 4.0  # wall-clock backstops: wall_factor x the CPU limit, plus a margin
+
+    def cell_wall(self) -> float:
+        return self.cell * self.wall_factor + 30.0
+
+    def notebook_wall(self) -> float:
+        return self.notebook * self.wall_factor + 60.0
+
+    def cpu_backstop(self) -> float:
+        """RLIMIT_CPU of each kernel process: the kernel kills a runaway process that ignores everything."""
+        return self.notebook * 2 + 120.0
 
 
 def limit_child(limits: Limits):
@@ -46,6 +66,7 @@ def limit_child(limits: Limits):
               (resource.RLIMIT_CORE, 0))
 
     def apply() -> None:
+        die_with_parent()
         for res, value in values:
             try:
                 resource.setrlimit(res, (value, value))
@@ -53,6 +74,18 @@ def limit_child(limits: Limits):
                 pass
 
     return apply
+
+
+try:  # loaded once here: a preexec_fn must not load libraries after fork
+    _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+except OSError:  # pragma: no cover
+    _libc = None
+
+
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent ends (a killed batch leaves no worker or kernel)."""
+    if _libc is not None:
+        _libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def become_subreaper() -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -29,7 +30,7 @@ import traceback
 from .kernel import RPC_MIME, Kernel, KernelDied
 from .rpc import KernelUnavailable, Remote, StudentError, StudentFunction, kernel_helper
 from .sandbox import Limits, become_subreaper, end_processes
-from .spec import is_test_cell
+from .spec import is_test_cell, python_source
 
 MAX_NOTEBOOK = 20 * 1024**2
 STARTUP = 120.0     # seconds allowed for starting the first kernel and importing PRELOAD
@@ -40,7 +41,9 @@ PRELOAD = ("numpy", "torch", "torch.nn.functional", "matplotlib.pyplot", "regedu
 
 
 class NotebookTimeout(Exception):
-    pass
+    def __init__(self, reason: str, backstop: bool = False):
+        super().__init__(reason)
+        self.reason, self.backstop = reason, backstop
 
 
 class Grader:
@@ -48,34 +51,53 @@ class Grader:
         self.job = job
         self.limits = Limits(**job["limits"])
         self.start = time.monotonic()
-        # the notebook's clock starts once the first kernel is ready (start-up is the grader's time)
-        self.deadline = self.start + STARTUP + self.limits.notebook
+        # the notebook's clocks start once the first kernel is ready (start-up is the grader's time)
+        self.deadline = self.start + STARTUP + self.limits.notebook_wall()
+        self.cpu_used = 0.0                 # CPU seconds of the student's code, all kernels together
         self.kernel: Kernel | None = None
         self.remote: Remote | None = None
         self.cells: list[str] = []          # student code cells
         self.good: list[int] = []           # indices of cells that ran without timing out or killing the kernel
         self.skip: set[int] = set()
+        self.stopped: dict[int, str] = {}   # cell index -> why it was stopped (timeout, kernel death)
         self.cell_log: list[dict] = []
         self.restarts = 0
+        self.current = ""                   # what runs now (for the reason of a notebook timeout)
 
     # ------------------------------------------------------------------ helpers
     def left(self) -> float:
+        """Wall-clock seconds left before the notebook's backstop; raises when none are left."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise NotebookTimeout()
+            raise NotebookTimeout(f"stopped by the wall-clock backstop after {self.limits.notebook_wall():.0f} s "
+                                  f"({self.current} was running)", backstop=True)
+        return remaining
+
+    def cpu_left(self) -> float:
+        remaining = self.limits.notebook - self.cpu_used
+        if remaining <= 0:
+            raise NotebookTimeout(f"used more than {self.limits.notebook:.0f} s of CPU time in total "
+                                  f"({self.current} was running)")
         return remaining
 
     def new_kernel(self) -> None:
         if self.kernel is not None:
             self.kernel.kill()
         self.kernel = Kernel(self.job["workdir"], self.job["conndir"], self.limits, isolation=self.job["isolation"],
-                             threads=self.job.get("threads", 1))
-        self.kernel.start(timeout=min(120.0, self.left()))
+                             threads=self.job.get("threads", 1), cache=self.job.get("cache"))
+        self.kernel.start(timeout=min(STARTUP, self.left()))
         self.remote = Remote(self.kernel)
         preload = ("def __coursework_preload(names):\n    import importlib\n    for n in names:\n        try:\n"
                    "            importlib.import_module(n)\n        except Exception:\n            pass\n"
                    f"__coursework_preload({list(self.job.get('preload', PRELOAD))!r})\ndel __coursework_preload\n")
-        self.kernel.execute(preload, timeout=min(120.0, self.left()))
+        self.kernel.execute(preload, timeout=min(STARTUP, self.left()))
+
+    def run_cell(self, i: int):
+        self.current = f"cell {i + 1}"
+        r = self.kernel.execute(self.cells[i], timeout=min(self.limits.cell_wall(), self.left()),
+                                cpu=min(self.limits.cell, self.cpu_left()))
+        self.cpu_used += r.cpu_s
+        return r
 
     def restart(self, why: str, helper: bool = True) -> None:
         """A fresh kernel with the cells that worked replayed (their errors were recorded already)."""
@@ -84,7 +106,7 @@ class Grader:
             raise KernelDied(f"the kernel had to be restarted more than {MAX_RESTARTS} times (last: {why})")
         self.new_kernel()
         for i in self.good:
-            self.kernel.execute(self.cells[i], timeout=min(self.limits.cell, self.left()))
+            self.run_cell(i)
         if helper:
             self.install_helper()
 
@@ -93,6 +115,17 @@ class Grader:
         if r.status != "ok":
             self.remote.broken = f"the grader could not talk to the kernel ({r.summary()})"
 
+    def explain(self, error: str) -> str:
+        """A NameError after a stopped cell says so (instead of a silent cascade of NameErrors)."""
+        if self.stopped and "NameError" in error:
+            name = error.split("'")[1] if error.count("'") >= 2 else ""
+            for i, why in self.stopped.items():
+                if name and name in defines(self.cells[i]):
+                    return f"{error} (cell {i + 1}, which defines it, was stopped: {why})"
+            first = min(self.stopped)
+            return f"{error} (cell {first + 1} was stopped before it finished: {self.stopped[first]})"
+        return error
+
     # ------------------------------------------------------------------ steps
     def run_student_cells(self) -> None:
         i = 0
@@ -100,10 +133,9 @@ class Grader:
             if i in self.skip:
                 i += 1
                 continue
-            r = self.kernel.execute(self.cells[i], timeout=min(self.limits.cell, self.left()))
-            self.left()
-            entry = {"cell": i + 1, "status": r.status, "error": r.summary() if r.status != "ok" else "",
-                     "output_bytes": r.output_bytes, "output_lost": r.output_lost}
+            r = self.run_cell(i)
+            entry = {"cell": i + 1, "status": r.status, "error": self.explain(r.summary()) if r.status != "ok" else "",
+                     "output_bytes": r.output_bytes, "output_lost": r.output_lost, "cpu_s": r.cpu_s, "limit": r.limit}
             self.cell_log.append(entry)
             if r.status in ("ok", "error"):
                 self.good.append(i)
@@ -111,8 +143,9 @@ class Grader:
                 continue
             # timed out or killed the kernel: skip this cell from now on
             self.skip.add(i)
+            self.stopped[i] = r.summary()
             if r.status == "timeout" and self.kernel.alive():
-                probe = self.kernel.execute("pass", timeout=min(2.0, self.left()))
+                probe = self.kernel.execute("pass", timeout=min(10.0, self.left()))
                 if probe.status == "ok":  # the interrupt worked; keep going in the same kernel
                     i += 1
                     continue
@@ -121,12 +154,14 @@ class Grader:
 
     def run_test(self, test: dict) -> dict:
         out = {"points": 0.0, "max_points": test["points"], "passed": False, "feedback": ""}
+        self.current = f"the test {test['grade_id']}"
         if self.remote is None or self.remote.broken:
             self.restart(self.remote.broken if self.remote else "no kernel")
         ns = {"__name__": "__coursework_test__", "__builtins__": builtins}
         for name in self.job["student_names"]:
             ns[name] = StudentFunction(self.remote, name)
-        self.remote.deadline = time.monotonic() + min(self.limits.cell, self.left())
+        self.remote.deadline = time.monotonic() + min(self.limits.cell_wall(), self.left())
+        self.remote.cpu_budget = min(self.limits.cell, self.cpu_left())
         try:
             code = compile(test["code"], f"<test {test['grade_id']}>", "exec")
             exec(code, ns)
@@ -134,12 +169,14 @@ class Grader:
         except NotebookTimeout:
             raise
         except BaseException as e:  # noqa: BLE001 - every failure of a test is feedback
-            out["feedback"] = feedback(e, test)
+            out["feedback"] = self.explain(feedback(e, test))
+        finally:
+            self.cpu_used += self.remote.cpu_spent
         return out
 
     def grade(self) -> dict:
         tests = self.job["tests"]
-        result = {"status": "graded", "reason": "", "questions": {}, "cells": self.cell_log}
+        result = {"status": "graded", "reason": "", "questions": {}, "cells": self.cell_log, "stopped": ""}
         text = open(os.path.join(self.job["workdir"], self.job["notebook"]), "rb").read(MAX_NOTEBOOK + 1)
         if len(text) > MAX_NOTEBOOK:
             return {**result, "status": "invalid", "reason": f"notebook is larger than {MAX_NOTEBOOK // 1024**2} MB"}
@@ -154,9 +191,10 @@ class Grader:
         timing = result["timing"] = {}
         try:
             t0 = time.monotonic()
+            self.current = "the kernel's start"
             self.new_kernel()
             timing["kernel_start"] = round(time.monotonic() - t0, 2)
-            self.deadline = time.monotonic() + self.limits.notebook
+            self.deadline = time.monotonic() + self.limits.notebook_wall()
             self.run_student_cells()
             timing["student_cells"] = round(time.monotonic() - t0 - timing["kernel_start"], 2)
             self.install_helper()
@@ -164,22 +202,42 @@ class Grader:
                 t1 = time.monotonic()
                 result["questions"][t["grade_id"]] = self.run_test(t)
                 timing[t["grade_id"]] = round(time.monotonic() - t1, 2)
-        except NotebookTimeout:
-            result["status"] = "timeout"
-            result["reason"] = f"timed out after {self.limits.notebook:.0f} s"
+        except NotebookTimeout as e:
+            result["status"], result["reason"], result["backstop"] = "timeout", e.reason, e.backstop
         except KernelDied as e:
             result["status"] = "died"
             result["reason"] = f"kernel died: {e}"
         finally:
             if self.kernel is not None:
                 self.kernel.kill()
-        if result["status"] != "graded":
-            result["questions"] = {}
-        for t in tests:  # every question gets an entry
+        timing["cpu_s"] = round(self.cpu_used, 2)
+        if self.stopped:
+            result["stopped"] = "; ".join(f"cell {i + 1}: {why}" for i, why in sorted(self.stopped.items()))
+        # questions that passed before a timeout or a kernel death keep their points (as in nbgrader)
+        for t in tests:
             result["questions"].setdefault(t["grade_id"], {"points": 0.0, "max_points": t["points"], "passed": False,
-                                                           "feedback": result["reason"] or "not run"})
+                                                           "feedback": f"not graded: {result['reason']}" if result["reason"] else "not run"})
         result["restarts"] = self.restarts
         return result
+
+
+def defines(source: str) -> set[str]:
+    """Names a cell assigns, imports or defines at top level (best effort; a syntax error gives none)."""
+    import ast
+
+    try:
+        tree = ast.parse(python_source(source))
+    except (SyntaxError, ValueError):
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
 
 
 def student_cells(nb: dict) -> list[str]:
@@ -220,6 +278,17 @@ def main() -> None:
     job = json.loads(sys.stdin.read())
     sys.stdin.close()
     become_subreaper()
+    grader_box: list[Grader] = []
+
+    def stop(signum, frame):  # the batch is stopping: end the kernel and everything below us, then go
+        for g in grader_box:
+            if g.kernel is not None:
+                g.kernel.kill()
+        end_processes(os.getpid())
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
     def load_torch() -> None:  # the tests need torch; import it while the kernel starts
         import torch
@@ -227,7 +296,8 @@ def main() -> None:
 
     threading.Thread(target=load_torch, daemon=True).start()
     try:
-        result = Grader(job).grade()
+        grader_box.append(Grader(job))
+        result = grader_box[0].grade()
     except Exception as e:  # noqa: BLE001 - a grader bug must still give a row
         result = {"status": "error", "reason": f"grader error: {type(e).__name__}: {e}"[:500], "questions": {}, "cells": []}
     end_processes(os.getpid())  # anything orphaned and re-parented to us (we are a subreaper)
