@@ -158,11 +158,29 @@ def per_level(fn: str, name: str, value: Any, levels: int, cast: type) -> list:
     return [cast(value)] * levels
 
 
+def default_level_shapes(shape: Sequence[int], most: int, coarsest: int) -> list[tuple[int, ...]]:
+    """The default pyramid, coarsest first: each level halves every axis whose halved size keeps at least
+    ``coarsest`` voxels (thinner axes keep their size, e.g. the few slices of a thick-slice volume), up
+    to ``most`` levels; fewer when no axis can be halved any more."""
+    out = [tuple(int(s) for s in shape)]
+    while len(out) < most:
+        halved = coarser_shape(out[-1])
+        nxt = tuple(h if h >= coarsest else s for h, s in zip(halved, out[-1]))
+        if nxt == out[-1]:
+            break
+        out.append(nxt)
+    return out[::-1]
+
+
 def plan_levels(fn: str, shape: Sequence[int], levels: int | None, default_levels: int, coarsest: int) -> list[tuple[int, ...]]:
-    """The pyramid's level shapes (coarsest first) for ``levels`` (``None``: as many, at most
-    ``default_levels``, as keep ``coarsest`` voxels along every axis), with a clear error when too deep."""
+    """The pyramid's level shapes (coarsest first).
+
+    ``levels=None``: :func:`default_level_shapes` (at most ``default_levels``, every axis kept at
+    ``coarsest`` voxels or more). A number: that many levels, each halving every axis of more than one
+    voxel, with a clear error when the coarsest level would be smaller than ``MIN_LEVEL_SIZE``.
+    """
     if levels is None:
-        levels = min(default_levels, max_levels(shape, coarsest, default_levels))
+        return default_level_shapes(shape, default_levels, coarsest)
     levels = check_count(fn, "levels", levels, minimum=1)
     shapes = level_shapes(shape, levels)
     if levels > 1 and _smallest(shapes[0]) < MIN_LEVEL_SIZE:
