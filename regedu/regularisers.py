@@ -4,14 +4,28 @@ Dense registration minimises :math:`-S(F, M \circ \varphi) + \lambda R(u)`; the 
 :math:`\lambda` trades accuracy against smoothness (and folding). Both regularisers use finite
 differences in voxel units, work in 2D and 3D, and return a scalar (mean over the batch) or,
 with ``reduction="none"``, one value per field.
+
+Degenerate axes are legal: along an axis of size 1 (a volume of one slice) there are no first
+differences, and along an axis of size <= 2 no second differences; those terms are 0 rather than
+the NaN of a mean over nothing. Half precision is computed in float32 and returned in float16/bfloat16.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from ._checks import check_choice, check_dvf
+from ._checks import HALF_DTYPES, check_choice, check_dvf
 from .filters import forward_differences
+
+
+def _mean_square(d: torch.Tensor) -> torch.Tensor:
+    """Per field ``(B,)``: mean over voxels of the squared differences, summed over components; 0 if
+    there are no differences along this axis (size 1, or <= 2 for second differences)."""
+    if d.numel() == 0:
+        return torch.zeros(d.shape[0], dtype=d.dtype, device=d.device)
+    return d.pow(2).flatten(2).mean(2).sum(1)
 
 
 def diffusion(dvf: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -23,8 +37,10 @@ def diffusion(dvf: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """
     dvf = check_dvf("diffusion", "dvf", dvf)
     check_choice("diffusion", "reduction", reduction, ("mean", "none"))
-    value = sum(d.pow(2).flatten(2).mean(2).sum(1) for d in forward_differences(dvf))
-    return value.mean() if reduction == "mean" else value
+    dtype = dvf.dtype
+    u = dvf.float() if dtype in HALF_DTYPES else dvf
+    value = torch.stack([_mean_square(d) for d in forward_differences(u)]).sum(0)
+    return (value.mean() if reduction == "mean" else value).to(dtype)
 
 
 def bending_energy(dvf: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -37,21 +53,25 @@ def bending_energy(dvf: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """
     dvf = check_dvf("bending_energy", "dvf", dvf)
     check_choice("bending_energy", "reduction", reduction, ("mean", "none"))
-    ndim = dvf.dim() - 2
-    total = torch.zeros(dvf.shape[0], dtype=dvf.dtype, device=dvf.device)
-    first = forward_differences(dvf)
+    dtype = dvf.dtype
+    u = dvf.float() if dtype in HALF_DTYPES else dvf
+    ndim = u.dim() - 2
+    total = torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
+    first = forward_differences(u)
     for p in range(ndim):
         for q in range(p, ndim):
+            if first[p].shape[2 + q] < 2:
+                continue  # no second difference along this axis
             second = torch.diff(first[p], dim=2 + q)
             weight = 1.0 if p == q else 2.0
-            total = total + weight * second.pow(2).flatten(2).mean(2).sum(1)
-    return total.mean() if reduction == "mean" else total
+            total = total + weight * _mean_square(second)
+    return (total.mean() if reduction == "mean" else total).to(dtype)
 
 
 REGULARISERS = {"diffusion": diffusion, "bending": bending_energy, "bending_energy": bending_energy}
 
 
-def get_regulariser(name):
+def get_regulariser(name: str | Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
     """A regulariser from a name (``"diffusion"``, ``"bending"``) or a callable ``dvf -> scalar``."""
     if callable(name):
         return name

@@ -13,9 +13,15 @@ similarity (maximise)  range                           loss (minimise)          
 =====================  ==============================  =========================  =============
 
 ``ssd`` and ``mse`` are losses already (0 for identical images). All functions take ``(B, C, *spatial)``
-images, 2D or 3D, and an optional ``mask`` ``(B or 1, 1, *spatial)`` that restricts the measure to the
+images, 2D or 3D, and an optional ``mask`` ``(B or 1, 1 or C, *spatial)`` that restricts the measure to the
 fixed-image region of interest. With ``reduction="mean"`` (default) they return a scalar averaged over
 the batch, with ``reduction="none"`` one value per batch element.
+
+Checks and dtypes (:mod:`regedu._checks`): ``fixed`` and ``moving`` must have the same spatial size,
+the same number of channels (never broadcast) and the same batch size (or one of them 1); a mask must
+not be all zero (nothing would be compared: an error, as in :func:`regedu.register`). Integer and bool
+images are promoted to float32, half precision is computed in float32 (local sums, histograms) and the
+value is returned in the inputs' dtype; float64 stays float64.
 """
 
 from __future__ import annotations
@@ -25,7 +31,19 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_choice, check_dvf, check_image, check_same_spatial, check_tensor
+from ._checks import (
+    check_choice,
+    check_dvf,
+    check_finite,
+    check_image,
+    check_mask,
+    check_number,
+    check_pair,
+    check_same_device,
+    check_same_spatial,
+    check_tensor,
+    float_inputs,
+)
 from .filters import box_sum
 from .transforms import apply_affine
 from .warping import voxel_to_normalised
@@ -34,19 +52,18 @@ Similarity = Callable[..., torch.Tensor]
 
 
 def _pair(fn: str, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None):
-    fixed = check_image(fn, "fixed", fixed)
-    moving = check_image(fn, "moving", moving)
-    check_same_spatial(fn, "fixed", fixed, "moving", moving)
+    """Checked ``fixed``, ``moving`` and ``mask`` in the compute dtype, and the dtype of the result."""
+    fixed, moving = check_pair(fn, "fixed", fixed, "moving", moving)
+    (fixed, moving), out = float_inputs(fn, fixed=fixed, moving=moving)
     if mask is not None:
-        mask = check_image(fn, "mask", mask)
-        check_same_spatial(fn, "fixed", fixed, "mask", mask)
-        mask = mask.to(fixed.dtype)
-    return fixed, moving, mask
+        mask = check_mask(fn, "mask", mask, fixed, dtype=fixed.dtype)
+    return fixed, moving, mask, out
 
 
-def _reduce(fn: str, values: torch.Tensor, reduction: str) -> torch.Tensor:
+def _reduce(fn: str, values: torch.Tensor, reduction: str, dtype: torch.dtype | None = None) -> torch.Tensor:
     check_choice(fn, "reduction", reduction, ("mean", "none"))
-    return values.mean() if reduction == "mean" else values
+    out = values.mean() if reduction == "mean" else values
+    return out if dtype is None or out.dtype == dtype else out.to(dtype)
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -62,17 +79,17 @@ def ssd(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = N
 
     Grows with the number of voxels; prefer :func:`mse` to compare images of different sizes.
     """
-    fixed, moving, mask = _pair("ssd", fixed, moving, mask)
+    fixed, moving, mask, out = _pair("ssd", fixed, moving, mask)
     d = (fixed - moving) ** 2
     if mask is not None:
         d = d * mask
-    return _reduce("ssd", d.flatten(1).sum(1), reduction)
+    return _reduce("ssd", d.flatten(1).sum(1), reduction, out)
 
 
 def mse(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     r"""Mean squared error :math:`\frac{1}{|\Omega|}\sum_x (F(x) - M(x))^2` (a **loss**, >= 0)."""
-    fixed, moving, mask = _pair("mse", fixed, moving, mask)
-    return _reduce("mse", _masked_mean((fixed - moving) ** 2, mask), reduction)
+    fixed, moving, mask, out = _pair("mse", fixed, moving, mask)
+    return _reduce("mse", _masked_mean((fixed - moving) ** 2, mask), reduction, out)
 
 
 def ncc(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-12, reduction: str = "mean") -> torch.Tensor:
@@ -81,14 +98,20 @@ def ncc(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = N
     .. math:: NCC(F, M) = \frac{\sum_x (F - \bar F)(M - \bar M)}{\sqrt{\sum_x (F - \bar F)^2 \sum_x (M - \bar M)^2}}
 
     Invariant to a positive affine change of intensity :math:`M \to aM + b` (a > 0).
+
+    A constant image (inside the mask) has no defined correlation: where the product of the two
+    variances is below ``eps`` the value is 0 and so is its gradient (finite, so an optimiser that
+    meets a constant image stays put instead of failing on NaNs).
     """
-    fixed, moving, mask = _pair("ncc", fixed, moving, mask)
+    fixed, moving, mask, out = _pair("ncc", fixed, moving, mask)
     f = fixed - _masked_mean(fixed, mask).reshape(-1, *([1] * (fixed.dim() - 1)))
     m = moving - _masked_mean(moving, mask).reshape(-1, *([1] * (moving.dim() - 1)))
     cross = _masked_mean(f * m, mask)
     var = _masked_mean(f * f, mask) * _masked_mean(m * m, mask)
-    # a constant image has no defined correlation: eps makes it 0 instead of NaN
-    return _reduce("ncc", cross / (torch.sqrt(var) + eps), reduction)
+    defined = var > eps
+    # rsqrt of 1 where undefined: no inf * 0 = NaN in the backward pass
+    value = torch.where(defined, cross * torch.rsqrt(torch.where(defined, var, torch.ones_like(var))), torch.zeros_like(cross))
+    return _reduce("ncc", value.clamp(-1.0, 1.0), reduction, out)
 
 
 def ncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
@@ -96,34 +119,63 @@ def ncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | Non
     return -ncc(fixed, moving, mask, reduction=reduction)
 
 
-def lncc(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, window: int = 9, eps: float = 1e-5, reduction: str = "mean") -> torch.Tensor:
+LNCC_BORDERS = ("zeros", "inside")
+
+
+def lncc(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    window: int = 9,
+    eps: float = 1e-5,
+    reduction: str = "mean",
+    border: str = "zeros",
+) -> torch.Tensor:
     r"""Local normalised cross-correlation (a **similarity**, in :math:`[0, 1]`).
 
-    The squared correlation coefficient in a ``window``^ndim neighbourhood of every voxel, averaged
-    over the image (VoxelMorph's definition, Balakrishnan et al., 2019):
+    The squared correlation coefficient in a ``window``^ndim neighbourhood :math:`W_x` of every voxel,
+    averaged over the image (Avants et al., 2008; Balakrishnan et al., 2019):
 
-    .. math:: LNCC = \frac{1}{|\Omega|} \sum_x \frac{\mathrm{cov}_x(F, M)^2}{\mathrm{var}_x(F)\,\mathrm{var}_x(M) + \epsilon}
+    .. math:: LNCC = \frac{1}{|\Omega|} \sum_x \frac{\mathrm{cov}_x(F, M)^2}{\mathrm{var}_x(F)\,\mathrm{var}_x(M) + \epsilon},
+              \quad \mathrm{cov}_x(F, M) = \sum_{y \in W_x} F(y) M(y) - \frac{1}{n_x} \sum_{y \in W_x} F(y) \sum_{y \in W_x} M(y)
 
-    Robust to smooth intensity inhomogeneity; ``eps`` keeps constant regions (zero variance) at 0
-    instead of NaN.
+    (and the variances alike). Near the border the window reaches outside the image; ``border`` says
+    what happens there:
+
+    * ``"zeros"`` (default): the image is padded with zeros and :math:`n_x = \text{window}^{ndim}` is the
+      full window volume everywhere. This is **what VoxelMorph's** ``NCC`` **and MONAI's**
+      ``LocalNormalizedCrossCorrelationLoss`` (rectangular kernel) **compute**, so values agree with them.
+    * ``"inside"``: only the voxels inside the image count, :math:`n_x` = their number; the local
+      statistics near the border are those of the voxels that exist (differs from the default by up
+      to ~0.2 in the outermost ``window // 2`` voxels).
+
+    Robust to smooth intensity inhomogeneity; ``eps`` (VoxelMorph's and MONAI's ``1e-5``) keeps
+    constant regions (zero variance) at 0 instead of NaN. Local sums are computed in float32 for half
+    precision and integer inputs.
     """
-    fixed, moving, mask = _pair("lncc", fixed, moving, mask)
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"lncc: window must be a positive odd integer, got {window}")
-    # number of voxels inside each window (fewer at the border, where the window is zero-padded)
-    n = box_sum(torch.ones_like(fixed[:1, :1]), window)
+    fixed, moving, mask, out = _pair("lncc", fixed, moving, mask)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise ValueError(f"lncc: window must be a positive odd integer, got {window!r}")
+    check_number("lncc", "eps", eps, low=0)
+    check_choice("lncc", "border", border, LNCC_BORDERS)
+    ndim = fixed.dim() - 2
+    if border == "zeros":
+        n: torch.Tensor | float = float(window**ndim)
+    else:  # number of voxels inside each window (fewer at the border)
+        n = box_sum(torch.ones_like(fixed[:1, :1]), window)
     sf, sm = box_sum(fixed, window), box_sum(moving, window)
     sff, smm, sfm = box_sum(fixed * fixed, window), box_sum(moving * moving, window), box_sum(fixed * moving, window)
     cross = sfm - sf * sm / n
     var_f = (sff - sf * sf / n).clamp_min(0)
     var_m = (smm - sm * sm / n).clamp_min(0)
-    cc = cross * cross / (var_f * var_m + eps)
-    return _reduce("lncc", _masked_mean(cc, mask), reduction)
+    cc = (cross * cross / (var_f * var_m + eps)).clamp(0.0, 1.0)
+    return _reduce("lncc", _masked_mean(cc, mask), reduction, out)
 
 
-def lncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, window: int = 9, reduction: str = "mean") -> torch.Tensor:
-    """Loss ``-lncc(fixed, moving)``, in ``[-1, 0]`` (-1 is best)."""
-    return -lncc(fixed, moving, mask, window=window, reduction=reduction)
+def lncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, window: int = 9,
+              reduction: str = "mean", border: str = "zeros") -> torch.Tensor:
+    """Loss ``-lncc(fixed, moving)``, in ``[-1, 0]`` (-1 is best); VoxelMorph's and MONAI's loss by default."""
+    return -lncc(fixed, moving, mask, window=window, reduction=reduction, border=border)
 
 
 def _bspline_parzen(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,11 +214,26 @@ def joint_histogram(
     ``bins`` bins with a cubic B-spline Parzen window (each sample touches 4 x 4 bins; Mattes et al.,
     2003), which makes the histogram, and so mutual information, differentiable in the intensities.
     """
-    fixed, moving, mask = _pair("joint_histogram", fixed, moving, mask)
+    fixed, moving, mask, _ = _histogram_inputs("joint_histogram", fixed, moving, mask, bins, value_range)
+    return _joint_histogram(fixed, moving, bins, mask, value_range)
+
+
+def _histogram_inputs(fn: str, fixed, moving, mask, bins, value_range):
+    fixed, moving, mask, out = _pair(fn, fixed, moving, mask)
     if fixed.shape[1] != 1 or moving.shape[1] != 1:
-        raise ValueError(f"joint_histogram: fixed and moving must have one channel, got {fixed.shape[1]} and {moving.shape[1]}")
-    if not isinstance(bins, int) or bins < 4:
-        raise ValueError(f"joint_histogram: bins must be an integer >= 4, got {bins!r}")
+        raise ValueError(f"{fn}: fixed and moving must have one channel, got {fixed.shape[1]} and {moving.shape[1]}")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 4:
+        raise ValueError(f"{fn}: bins must be an integer >= 4, got {bins!r}")
+    if value_range is not None:
+        lo, hi = (check_number(fn, "value_range", v) for v in value_range)
+        if not hi > lo:
+            raise ValueError(f"{fn}: value_range must be (low, high) with high > low, got {value_range!r}")
+    return fixed, moving, mask, out
+
+
+def _joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, bins: int, mask: torch.Tensor | None,
+                     value_range: tuple[float, float] | None) -> torch.Tensor:
+    """:func:`joint_histogram` of checked inputs (in float32 or float64)."""
     B = max(fixed.shape[0], moving.shape[0])
     f = _to_unit(fixed, value_range).expand(B, *fixed.shape[1:]).flatten(1)
     m = _to_unit(moving, value_range).expand(B, *moving.shape[1:]).flatten(1)
@@ -199,7 +266,8 @@ def mutual_information(
     across modalities (e.g. T1 vs T2, CT vs MRI). ``normalised=True`` gives Studholme's normalised MI
     :math:`(H(F) + H(M)) / H(F, M)` in :math:`[1, 2]`.
     """
-    p = joint_histogram(fixed, moving, bins=bins, mask=mask, value_range=value_range)
+    fixed, moving, mask, out = _histogram_inputs("mutual_information", fixed, moving, mask, bins, value_range)
+    p = _joint_histogram(fixed, moving, bins, mask, value_range)
     pf = p.sum(2, keepdim=True)
     pm = p.sum(1, keepdim=True)
     eps = 1e-12
@@ -209,8 +277,8 @@ def mutual_information(
         hfm = -(p * torch.log(p + eps)).flatten(1).sum(1)
         value = (hf + hm) / hfm.clamp_min(eps)
     else:
-        value = (p * (torch.log(p + eps) - torch.log(pf * pm + eps))).flatten(1).sum(1)
-    return _reduce("mutual_information", value, reduction)
+        value = (p * (torch.log(p + eps) - torch.log(pf * pm + eps))).flatten(1).sum(1).clamp_min(0)
+    return _reduce("mutual_information", value, reduction, out)
 
 
 def mi_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, bins: int = 32, reduction: str = "mean") -> torch.Tensor:
@@ -237,6 +305,10 @@ def dice(
     labels_a = check_image("dice", "labels_a", labels_a, finite=False)
     labels_b = check_image("dice", "labels_b", labels_b, finite=False)
     check_same_spatial("dice", "labels_a", labels_a, "labels_b", labels_b)
+    check_same_device("dice", "labels_a", labels_a, "labels_b", labels_b)
+    for name, lab in (("labels_a", labels_a), ("labels_b", labels_b)):
+        if lab.is_floating_point():
+            check_finite("dice", name, lab)
     if labels_a.shape[1] != 1 or labels_b.shape[1] != 1:
         raise ValueError(f"dice: label maps must have one channel of class indices, got {labels_a.shape[1]} and {labels_b.shape[1]} channels (use soft_dice for one-hot maps)")
     a, b = labels_a.round().long(), labels_b.round().long()
@@ -262,19 +334,15 @@ def soft_dice(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float = 1e-6, i
     differentiable, used as the weakly supervised loss of Hu et al. (2018) via :func:`dice_loss`.
     Channel 0 (background) is left out unless ``include_background``.
     """
-    probs_a = check_image("soft_dice", "probs_a", probs_a)
-    probs_b = check_image("soft_dice", "probs_b", probs_b)
-    check_same_spatial("soft_dice", "probs_a", probs_a, "probs_b", probs_b)
-    if probs_a.shape[1] != probs_b.shape[1]:
-        raise ValueError(f"soft_dice: probs_a and probs_b must have the same number of label channels, got {probs_a.shape[1]} and {probs_b.shape[1]}")
+    probs_a, probs_b = check_pair("soft_dice", "probs_a", probs_a, "probs_b", probs_b)
+    (probs_a, probs_b), out = float_inputs("soft_dice", probs_a=probs_a, probs_b=probs_b)
     if not include_background and probs_a.shape[1] > 1:
         probs_a, probs_b = probs_a[:, 1:], probs_b[:, 1:]
     dims = tuple(range(2, probs_a.dim()))
     inter = (probs_a * probs_b).sum(dims)
     total = probs_a.sum(dims) + probs_b.sum(dims)
     d = (2 * inter + eps) / (total + eps)
-    check_choice("soft_dice", "reduction", reduction, ("mean", "none"))
-    return d.mean() if reduction == "mean" else d
+    return _reduce("soft_dice", d, reduction, out)
 
 
 def dice_loss(probs_a: torch.Tensor, probs_b: torch.Tensor, include_background: bool = False) -> torch.Tensor:
@@ -307,9 +375,16 @@ def target_registration_error(
     transform = check_tensor("target_registration_error", "transform", transform)
     if p.shape != q.shape:
         raise ValueError(f"target_registration_error: fixed_points and moving_points must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
+    if p.dim() not in (2, 3) or p.shape[-1] not in (2, 3) or p.shape[-2] == 0:
+        raise ValueError(f"target_registration_error: points must be (N, ndim) or (B, N, ndim) with ndim 2 or 3 and N >= 1, "
+                         f"got shape {tuple(p.shape)}")
+    check_same_device("target_registration_error", "fixed_points", p, "transform", transform)
+    check_same_device("target_registration_error", "moving_points", q, "transform", transform)
+    (p, q, transform), out = float_inputs("target_registration_error", fixed_points=p, moving_points=q, transform=transform)
+    for name, x in (("fixed_points", p), ("moving_points", q), ("transform", transform)):
+        check_finite("target_registration_error", name, x)
     if p.dim() == 2:
         p, q = p.unsqueeze(0), q.unsqueeze(0)
-    p, q = p.to(transform.dtype), q.to(transform.dtype)
     ndim = p.shape[-1]
     if transform.dim() in (2, 3) and transform.shape[-1] == ndim + 1:
         mapped = apply_affine(transform if transform.dim() == 3 else transform.unsqueeze(0), p)
@@ -324,8 +399,11 @@ def target_registration_error(
         mapped = p + u
     diff = mapped - q
     if spacing is not None:
-        diff = diff * torch.as_tensor(spacing, dtype=diff.dtype, device=diff.device)
-    return diff.pow(2).sum(-1).sqrt().mean(-1)
+        sp = torch.as_tensor(spacing, dtype=diff.dtype, device=diff.device).reshape(-1)
+        if sp.numel() != ndim or not bool(torch.isfinite(sp).all()) or bool((sp <= 0).any()):
+            raise ValueError(f"target_registration_error: spacing must be {ndim} positive finite numbers (mm per voxel), got {spacing!r}")
+        diff = diff * sp
+    return diff.pow(2).sum(-1).sqrt().mean(-1).to(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,6 +434,6 @@ def get_loss(similarity: str | Similarity) -> Similarity:
 
 
 __all__ = [
-    "ssd", "mse", "ncc", "ncc_loss", "lncc", "lncc_loss", "joint_histogram", "mutual_information", "mi_loss",
+    "ssd", "mse", "ncc", "ncc_loss", "lncc", "lncc_loss", "LNCC_BORDERS", "joint_histogram", "mutual_information", "mi_loss",
     "dice", "soft_dice", "dice_loss", "one_hot", "target_registration_error", "get_loss", "LOSSES",
 ]

@@ -100,10 +100,11 @@ def rotation_matrix_2d(angle: ParamLike) -> torch.Tensor:
 
 
 def _axis_rotation(a: torch.Tensor, axis: int) -> torch.Tensor:
+    """Right-handed rotation by ``a`` about tensor axis ``axis``: it turns axis ``p = axis + 1`` towards
+    axis ``q = axis + 2`` (cyclically, mod 3), as the right-hand rule turns y towards z about x."""
     c, s = torch.cos(a), torch.sin(a)
     one, zero = torch.ones_like(a), torch.zeros_like(a)
-    # rotation in the plane of the two axes other than `axis`, in tensor axis order
-    p, q = [k for k in range(3) if k != axis]
+    p, q = (axis + 1) % 3, (axis + 2) % 3
     rows = [[one, zero, zero], [zero, one, zero], [zero, zero, one]]
     rows[p][p], rows[p][q], rows[q][p], rows[q][q] = c, -s, s, c
     return torch.stack([torch.stack(r, -1) for r in rows], -2)
@@ -112,8 +113,22 @@ def _axis_rotation(a: torch.Tensor, axis: int) -> torch.Tensor:
 def rotation_matrix_3d(angles: ParamLike) -> torch.Tensor:
     r"""3D rotation from Euler angles ``(a0, a1, a2)`` in radians about tensor axes 0, 1, 2.
 
-    ``R = R_2(a2) @ R_1(a1) @ R_0(a0)``: first about axis 0, then axis 1, then axis 2.
+    ``R = R_2(a2) @ R_1(a1) @ R_0(a0)``: first about axis 0, then axis 1, then axis 2 (fixed axes).
     Shape ``(..., 3)`` -> ``(..., 4, 4)``.
+
+    **Handedness.** Every elementary rotation is **right-handed** about its tensor axis, treating the
+    voxel coordinates ``(i, j, k)`` (tensor axes 0, 1, 2) as ``(x, y, z)``: ``R_0`` turns axis 1 towards
+    axis 2, ``R_1`` turns axis 2 towards axis 0, ``R_2`` turns axis 0 towards axis 1, e.g.
+
+    .. math:: R_1(a) = egin{bmatrix} \cos a & 0 & \sin a \ 0 & 1 & 0 \ -\sin a & 0 & \cos a \end{bmatrix}.
+
+    This is SciPy's and MONAI's convention: the linear part equals
+    ``scipy.spatial.transform.Rotation.from_euler("xyz", [a0, a1, a2]).as_matrix()`` (lower-case
+    ``"xyz"``: extrinsic rotations about fixed axes x, y, z = tensor axes 0, 1, 2). Two things to keep
+    apart: the matrix rotates *points* (it maps fixed voxels to moving voxels), so under pull-back
+    warping the *image content* turns by the inverse rotation (as in 2D, see
+    :func:`rotation_matrix_2d`); and tensor axes ``(D, H, W)`` are not the scanner's ``(x, y, z)``:
+    convert with the NIfTI affine at the I/O boundary. (Before regedu 0.2, ``R_1`` turned the other way.)
     """
     a = _vector("rotation_matrix_3d", "angles", angles, 3)
     R = _axis_rotation(a[..., 2], 2) @ _axis_rotation(a[..., 1], 1) @ _axis_rotation(a[..., 0], 0)
@@ -271,10 +286,10 @@ def _translation_about(A: torch.Tensor, center: ParamLike | None) -> torch.Tenso
 def _euler_angles(R: torch.Tensor) -> torch.Tensor:
     """Euler angles ``(a0, a1, a2)`` with ``R = R_2(a2) R_1(a1) R_0(a0)`` (see :func:`rotation_matrix_3d`).
 
-    Multiplying out gives ``R[2] = (sin a1, cos a1 sin a0, cos a1 cos a0)`` and
+    Multiplying out gives ``R[2] = (-sin a1, cos a1 sin a0, cos a1 cos a0)`` and
     ``R[:2, 0] = (cos a2 cos a1, sin a2 cos a1)``; valid for ``|a1| < pi/2``.
     """
-    a1 = torch.asin(torch.clamp(R[..., 2, 0], -1.0, 1.0))
+    a1 = -torch.asin(torch.clamp(R[..., 2, 0], -1.0, 1.0))
     a0 = torch.atan2(R[..., 2, 1], R[..., 2, 2])
     a2 = torch.atan2(R[..., 1, 0], R[..., 0, 0])
     return torch.stack([a0, a1, a2], dim=-1)

@@ -47,15 +47,63 @@ def test_ncc_invariant_to_positive_affine_intensity_change():
 def test_lncc_range_invariance_and_constant_regions():
     a, b = smooth_image(seed=0), smooth_image(seed=1)
     assert regedu.lncc(a, a).item() == pytest.approx(1.0, abs=1e-2)
-    assert regedu.lncc(a, 4 * a - 1).item() == pytest.approx(regedu.lncc(a, a).item(), abs=1e-3)
+    # invariance to a positive affine intensity change holds wherever the window lies inside the image:
+    # everywhere for border="inside"; away from the border (window // 2 = 4 voxels) for the default, whose
+    # zero padding (VoxelMorph's and MONAI's definition) is not shifted with the intensities
+    assert regedu.lncc(a, 4 * a - 1, border="inside").item() == pytest.approx(regedu.lncc(a, a, border="inside").item(), abs=1e-3)
+    interior = torch.zeros_like(a)
+    interior[..., 4:-4, 4:-4] = 1
+    assert regedu.lncc(a, 4 * a - 1, interior).item() == pytest.approx(regedu.lncc(a, a, interior).item(), abs=1e-3)
     assert 0 <= regedu.lncc(a, b).item() < 0.5
     const = torch.ones(1, 1, 16, 16)
-    value = regedu.lncc(const, const)
+    # a constant region scores 0: the whole image with border="inside"; with the default zero padding the
+    # windows that reach over the border see an edge (ones next to padded zeros), so check the interior
+    value = regedu.lncc(const, const, border="inside")
+    assert torch.isfinite(value) and value.item() == pytest.approx(0.0, abs=1e-6)
+    interior = torch.zeros_like(const)
+    interior[..., 4:-4, 4:-4] = 1
+    value = regedu.lncc(const, const, interior)
     assert torch.isfinite(value) and value.item() == pytest.approx(0.0, abs=1e-6)
     # gradients stay finite on constant regions
-    m = const.clone().requires_grad_(True)
-    regedu.lncc(const, m).backward()
-    assert torch.isfinite(m.grad).all()
+    for border in ("zeros", "inside"):
+        m = const.clone().requires_grad_(True)
+        regedu.lncc(const, m, border=border).backward()
+        assert torch.isfinite(m.grad).all()
+
+
+def _voxelmorph_style_lncc(f, m, window):
+    """Local NCC as VoxelMorph's NCC and MONAI's LocalNormalizedCrossCorrelationLoss (rectangular kernel)
+    compute it: zero-padded convolution with a box of ones, local sums divided by the full window volume."""
+    ndim = f.dim() - 2
+    conv = torch.nn.functional.conv2d if ndim == 2 else torch.nn.functional.conv3d
+    box = torch.ones((1, 1) + (window,) * ndim, dtype=f.dtype)
+
+    def local_sum(x):
+        return conv(x, box, padding=window // 2)
+
+    n = float(window**ndim)
+    sf, sm, sff, smm, sfm = (local_sum(x) for x in (f, m, f * f, m * m, f * m))
+    mu_f, mu_m = sf / n, sm / n
+    cross = sfm - mu_m * sf - mu_f * sm + mu_f * mu_m * n
+    var_f = sff - 2 * mu_f * sf + mu_f * mu_f * n
+    var_m = smm - 2 * mu_m * sm + mu_m * mu_m * n
+    return (cross * cross / (var_f * var_m + 1e-5)).mean()
+
+
+@pytest.mark.parametrize("shape,window", [((40, 36), 9), ((40, 36), 5), ((14, 16, 12), 5)])
+def test_lncc_default_matches_voxelmorph_and_monai_at_the_border(shape, window):
+    a = smooth_image(shape, seed=0).double()
+    b = smooth_image(shape, seed=1).double()
+    b = 0.3 * a + b
+    reference = _voxelmorph_style_lncc(a, b, window)
+    assert regedu.lncc(a, b, window=window).item() == pytest.approx(reference.item(), abs=1e-10)
+    # the in-image variant is a different measure, and the difference sits at the border
+    inside = regedu.lncc(a, b, window=window, border="inside")
+    assert abs(inside.item() - reference.item()) > 1e-3
+    interior = torch.zeros_like(a)
+    interior[(..., *[slice(window // 2, -(window // 2))] * len(shape))] = 1
+    assert regedu.lncc(a, b, interior, window=window).item() == pytest.approx(
+        regedu.lncc(a, b, interior, window=window, border="inside").item(), abs=1e-10)
 
 
 def test_lncc_is_robust_to_smooth_bias_field():

@@ -25,6 +25,37 @@ def test_rotation_is_orthonormal_3d_and_batched():
     assert torch.allclose(torch.linalg.det(R[:, :3, :3]), torch.ones(2), atol=1e-6)
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_3d_rotations_are_right_handed_about_every_axis_like_scipy(axis):
+    """One handedness on all three axes: tensor axes (0, 1, 2) play SciPy's (x, y, z)."""
+    from scipy.spatial.transform import Rotation
+
+    angles = [0.0, 0.0, 0.0]
+    angles[axis] = 0.4
+    R = T.rotation_matrix_3d(torch.tensor(angles, dtype=torch.float64))[:3, :3].numpy()
+    rotvec = [0.0, 0.0, 0.0]
+    rotvec[axis] = 0.4
+    assert abs(R - Rotation.from_rotvec(rotvec).as_matrix()).max() < 1e-12
+    # right-hand rule: a quarter turn about axis k takes axis k+1 to axis k+2 (cyclically)
+    quarter = [0.0, 0.0, 0.0]
+    quarter[axis] = math.pi / 2
+    Q = T.rotation_matrix_3d(torch.tensor(quarter, dtype=torch.float64))[:3, :3]
+    e = torch.eye(3, dtype=torch.float64)
+    assert torch.allclose(Q @ e[(axis + 1) % 3], e[(axis + 2) % 3], atol=1e-12)
+
+
+def test_3d_euler_angles_match_scipy_extrinsic_xyz_and_round_trip():
+    from scipy.spatial.transform import Rotation
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        angles = (torch.rand(3, generator=g, dtype=torch.float64) - 0.5) * 2.4  # |a1| < pi/2
+        R = T.rotation_matrix_3d(angles)[:3, :3].numpy()
+        assert abs(R - Rotation.from_euler("xyz", angles.numpy()).as_matrix()).max() < 1e-12
+        params = torch.cat([angles, torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)])
+        assert torch.allclose(T.rigid_params(T.rigid_matrix(params)), params, atol=1e-10)
+
+
 def test_compose_and_invert():
     A = T.affine_matrix(torch.tensor([0.2, 1.1, 0.9, 0.1, 3.0, -2.0]))
     B = T.rigid_matrix(torch.tensor([-0.5, 1.0, 4.0]))

@@ -1,4 +1,4 @@
-"""Core pieces the registration engine relies on: the fast box sum behind LNCC."""
+"""regedu.filters: the fast box sum behind LNCC (zero padding, as a convolution with a box of ones)."""
 
 import pytest
 import torch
