@@ -295,7 +295,7 @@ def test_pair_dataset_2d_items_and_ground_truth():
     assert it["fixed_labels"].dtype == torch.int64 and it["mask"].dtype == torch.float32
     for k in ("fixed", "moving"):
         assert 0 <= float(it[k].min()) and float(it[k].max()) <= 1
-    before, after_nearest, after_linear = [], [], []
+    before, after_linear = [], []
     for i in range(4):
         it = ds[i]
         f, m, u = it["fixed_labels"][None], it["moving_labels"][None], it["dvf"][None]

@@ -10,6 +10,12 @@ shapes, synthetic subjects and registration pairs with known ground truth, and N
 * :func:`synthetic_subject`, :class:`PairDataset`: random diffeomorphic subjects and registration
   pairs with ground-truth DVFs (train and eval use different deformation models and seeds);
   :func:`t2_like`: a second, T2-like contrast aligned with the T1.
+* :mod:`regedu.data.real`: real scans of real people shipped in dipy's and nibabel's wheels
+  (:func:`load_t1_slice`, :func:`load_b0_slab`, :func:`load_b0_volume`, :func:`load_epi`) with origin and
+  licence, a :func:`brain_mask` and an independent :func:`tissue_segmentation` (Gaussian mixture).
+* :func:`read_folder`: your own scans, Learn2Reg layout (``imagesTr/``, ``labelsTr/``, ``keypointsTr/``,
+  dataset JSON) or one folder per subject; :mod:`regedu.data.preprocess`: reorient, resample, crop/pad,
+  normalise, affine pre-alignment, chained in a :class:`Pipeline`.
 * :func:`load_nifti`, :func:`save_nifti`, :func:`save_dvf`, :func:`load_dvf`, :func:`voxel_to_world`,
   :func:`world_to_voxel`: NIfTI I/O (nibabel) with clear errors.
 
@@ -18,7 +24,10 @@ Importing this package is light: nibabel, scipy and scikit-learn are imported on
 
 from .brain import CITATION, LABEL_NAMES, brain_slice, load_brain, template_dir
 from .digits import DistortedDigits, load_digits
+from .folders import Scan, ScanFolder, read_folder, read_landmarks
 from .nifti import load_dvf, load_nifti, save_dvf, save_nifti, voxel_to_world, world_to_voxel
+from .preprocess import Pipeline, align_to, crop_or_pad, normalise, reorient, resample, resample_to
+from .real import REAL_SCANS, brain_mask, load_b0_slab, load_b0_volume, load_epi, load_t1_slice, tissue_segmentation
 from .scans import load_head_mri
 from .shapes import make_shape
 from .synthetic import (
@@ -39,4 +48,7 @@ __all__ = [
     "fit_volume", "load_brain", "load_head_mri", "make_shape", "random_affine", "random_diffeomorphism",
     "random_intensity", "random_velocity", "synthetic_subject", "t2_like", "template_dir",
     "DistortedDigits", "load_digits", "load_nifti", "save_nifti", "load_dvf", "save_dvf", "voxel_to_world", "world_to_voxel",
+    "REAL_SCANS", "brain_mask", "load_b0_slab", "load_b0_volume", "load_epi", "load_t1_slice", "tissue_segmentation",
+    "Scan", "ScanFolder", "read_folder", "read_landmarks",
+    "Pipeline", "align_to", "crop_or_pad", "normalise", "reorient", "resample", "resample_to",
 ]

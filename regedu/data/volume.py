@@ -34,6 +34,8 @@ class Volume:
         spacing: voxel size in mm per spatial axis (``len(spacing) == ndim``).
         tissues: optional ``(1, K, *S)`` float32 class probabilities (brain: CSF, GM, WM).
         name: a short description of where the data come from.
+        points: optional ``(N, ndim)`` landmarks in voxel coordinates (tensor axis order), moved along by
+            the preprocessing steps in :mod:`regedu.data.preprocess`.
     """
 
     image: torch.Tensor
@@ -42,6 +44,7 @@ class Volume:
     spacing: tuple[float, ...]
     tissues: torch.Tensor | None = None
     name: str = ""
+    points: torch.Tensor | None = None
 
     @property
     def ndim(self) -> int:
@@ -120,7 +123,11 @@ def fit_volume(volume: Volume, size: int | Sequence[int], mode: str = "fit") -> 
     M3[:n, 3] = M[:n, n]
     affine = volume.affine @ M3
     spacing = tuple(float(s) * factor for s in volume.spacing)
-    return replace(volume, image=image, labels=labels, tissues=tissues, affine=affine, spacing=spacing)
+    points = volume.points
+    if points is not None:  # landmarks: old voxel -> new voxel, the inverse of M
+        Minv = torch.linalg.inv(M)
+        points = (points.double() @ Minv[:n, :n].T + Minv[:n, n]).to(points.dtype)
+    return replace(volume, image=image, labels=labels, tissues=tissues, affine=affine, spacing=spacing, points=points)
 
 
 __all__ = ["Volume", "fit_volume"]
