@@ -188,3 +188,118 @@ def test_objective_errors(one_batch):
         L.train(net, 3, steps=1, progress=False)
     with pytest.raises(FileNotFoundError, match=r"load_checkpoint: no checkpoint file"):
         L.load_checkpoint("/nonexistent/model.pt")
+
+
+class _Recording(torch.utils.data.Dataset):
+    """A dataset that remembers which items were read (every item is a tiny registration pair)."""
+
+    def __init__(self, n):
+        self.n, self.read = n, []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        self.read.append(int(i))
+        g = torch.Generator().manual_seed(int(i))
+        return {"fixed": torch.rand(1, 12, 12, generator=g), "moving": torch.rand(1, 12, 12, generator=g)}
+
+
+def test_continued_training_reads_new_items(tmp_path):
+    # issue 16.4: train(..., history=h) continues in the data instead of replaying its first items
+    data = _Recording(64)
+    net = L.RegistrationNet(2, features=(4,))
+    kw = dict(steps=3, batch_size=4, device="cpu", progress=False, similarity="mse")
+    h = L.train(net, data, "unsupervised", checkpoint=tmp_path / "a.pt", **kw)
+    first = list(data.read)
+    data.read.clear()
+    L.train(net, data, "unsupervised", history=h, **kw)  # the default seed=0 as in a notebook cell run twice
+    second = list(data.read)
+    assert len(first) == len(second) == 12 and not set(first) & set(second), (first, second)
+    assert h.data["batches"] == 6 and h.steps == 6
+    # the same continuation from the checkpoint (a fresh session) reads the same new items
+    ck = L.load_checkpoint(tmp_path / "a.pt")
+    assert ck.history.data == {"seed": 0, "batches": 3}
+    data.read.clear()
+    L.train(ck.model, data, "unsupervised", history=ck.history, **kw)
+    assert data.read == second
+    # a new run with the same seed starts again from the same items (deterministic)
+    data.read.clear()
+    L.train(L.RegistrationNet(2, features=(4,)), data, "unsupervised", **kw)
+    assert data.read == first
+    # over an epoch boundary: every item once per epoch, a new order in the next epoch
+    data.read.clear()
+    L.train(L.RegistrationNet(2, features=(4,)), data, "unsupervised", steps=32, batch_size=4, device="cpu", progress=False,
+            similarity="mse", seed=5)
+    assert sorted(data.read[:64]) == list(range(64)) and sorted(data.read[64:]) == list(range(64))
+    assert data.read[:64] != data.read[64:]
+
+
+def test_continued_training_on_huge_and_on_the_fly_data(brain):
+    import importlib
+
+    max_shuffle = importlib.import_module("regedu.learning.train").MAX_SHUFFLE
+    big = _Recording(max_shuffle + 1)  # read in order (no permutation of a huge dataset)
+    net = L.RegistrationNet(2, features=(4,))
+    kw = dict(steps=2, batch_size=3, device="cpu", progress=False, similarity="mse")
+    h = L.train(net, big, "unsupervised", **kw)
+    L.train(net, big, "unsupervised", history=h, **kw)
+    assert big.read == list(range(12))
+
+    # train-mode PairDataset (fresh random pairs): the second call's pairs differ from the first call's
+    class Spy(torch.utils.data.Dataset):
+        def __init__(self):
+            self.pairs, self.fixed = PairDataset(brain, mode="train", size=1000, seed=9), []
+
+        def __len__(self):
+            return len(self.pairs)
+
+        def __getitem__(self, i):
+            item = self.pairs[i]
+            self.fixed.append(item["fixed"])
+            return item
+
+    spy = Spy()
+    h = L.train(net, spy, "unsupervised", steps=1, batch_size=2, device="cpu", progress=False)
+    L.train(net, spy, "unsupervised", steps=1, batch_size=2, device="cpu", progress=False, history=h)
+    f = spy.fixed
+    assert len(f) == 4 and not any(torch.equal(f[i], f[j]) for i in (0, 1) for j in (2, 3))
+
+
+def test_callback_and_snapshots_as_in_register(eval_pairs):
+    from regedu.widgets import RegistrationPlayback
+
+    net = L.RegistrationNet(2, features=(4, 8))
+    calls = []
+
+    def callback(epoch, step, loss, model):
+        calls.append((epoch, step, loss, model))
+        return step == 5  # stop early
+
+    data = [eval_pairs[i] for i in range(2)]
+    batches = [{k: torch.stack([d[k] for d in data]) for k in data[0]}] * 2  # 2 batches per epoch
+    h = L.train(net, batches, "unsupervised", steps=8, device="cpu", progress=False, callback=callback,
+                snapshot_every=2, val_data=eval_pairs, val_batch_size=8, lr=3e-3)
+    assert [c[:2] for c in calls] == [(0, 1), (0, 2), (1, 3), (1, 4), (2, 5)] and all(c[3] is net for c in calls)
+    assert [c[2] for c in calls] == h.train["loss"] and h.stopped_early and h.steps == 5
+    assert h.val["step"][-1] == 5  # validated where it stopped
+    # snapshots: before the first step and every 2 steps, of the first validation pair, on the CPU
+    assert [s[0] for s in h.snapshots] == [0, 2, 4]
+    step, moved, dvf = h.snapshots[-1]
+    assert moved.shape == (1, 1, 48, 40) and dvf.shape == (1, 2, 48, 40) and dvf.device.type == "cpu"
+    assert not torch.equal(h.snapshots[0][2], h.snapshots[-1][2])  # the prediction changed while training
+    # continuing appends snapshots (no second step-0 snapshot); an explicit pair (a dataset item) is used as given
+    pair = eval_pairs[3]
+    L.train(net, batches, "unsupervised", steps=2, device="cpu", progress=False, history=h, snapshot_every=1,
+            snapshot_pair=(pair["fixed"], pair["moving"]))
+    assert [s[0] for s in h.snapshots] == [0, 2, 4, 6, 7]
+    with torch.no_grad():
+        out = net.eval()(pair["fixed"][None], pair["moving"][None])
+    assert torch.allclose(h.snapshots[-1][2], out["dvf"], atol=1e-6)
+    playback = RegistrationPlayback(pair["fixed"][None], h.snapshots, loss=h.train["loss"], loss_steps=h.train["step"],
+                                    moving=pair["moving"][None], xlabel="training step")
+    assert playback is not None
+    with pytest.raises(ValueError, match=r"train: snapshot_every needs a pair to record"):
+        L.train(net, batches, steps=1, device="cpu", progress=False, snapshot_every=1)
+    with pytest.raises(TypeError, match=r"train: callback must be callable"):
+        L.train(net, batches, steps=1, device="cpu", progress=False, callback=3)

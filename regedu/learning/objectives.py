@@ -28,6 +28,7 @@ objective              loss                                                     
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -308,13 +309,35 @@ OBJECTIVES: dict[str, type[Objective]] = {
 }
 
 
+class UnknownKeywordError(TypeError):
+    """A keyword argument that the objective's constructor does not take (``unknown``; ``valid`` lists the ones it does)."""
+
+    def __init__(self, objective: str, unknown: list[str], valid: list[str]):
+        self.objective, self.unknown, self.valid = objective, unknown, valid
+        super().__init__(f"get_objective: unknown keyword argument(s) {', '.join(map(repr, unknown))} for the objective "
+                         f"{objective!r}; it takes {', '.join(valid) or 'no keywords'}")
+
+
+def objective_keywords(cls: type[Objective]) -> list[str]:
+    """The keyword arguments of an objective's constructor."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def get_objective(objective: str | Objective, **kwargs: Any) -> Objective:
     """An :class:`Objective` from a name (``"supervised"``, ``"weak"``, ``"unsupervised"``, ``"diffeomorphic"``,
-    ``"cycle"``, ``"classification"``, ``"regression"``) and its keyword arguments, or an instance unchanged."""
+    ``"cycle"``, ``"inverse_consistent"``, ``"classification"``, ``"regression"``) and its keyword arguments,
+    or an instance unchanged. A keyword the objective does not take raises :class:`UnknownKeywordError`
+    (a ``TypeError``) that lists the valid ones."""
     if isinstance(objective, Objective):
         if kwargs:
             raise ValueError(f"get_objective: keyword arguments {sorted(kwargs)} given with an Objective instance; "
                              "pass them to its constructor instead")
         return objective
     check_choice("get_objective", "objective", objective, tuple(OBJECTIVES))
-    return OBJECTIVES[objective](**kwargs)
+    cls = OBJECTIVES[objective]
+    valid = objective_keywords(cls)
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise UnknownKeywordError(objective, unknown, valid)
+    return cls(**kwargs)
