@@ -28,13 +28,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .._checks import check_image
+from .._checks import check_mask, check_number
 from ..fields import magnitude, random_dvf
-from ..spatial_transformer import affine_to_dvf, warp
+from ..spatial_transformer import affine_to_dvf, resize, warp
 from ..transforms import rigid_matrix
-from .networks import ConvBlock, _check_features, _conv, _pair_input
+from .layers import ConvBlock, check_channels, check_features, check_ndim, conv_class, pair_input, register_model, strided_encoder
 
 
+@register_model
 class SimilarityNet(nn.Module):
     r"""Fully convolutional regressor of the local misalignment of an image pair.
 
@@ -51,20 +52,25 @@ class SimilarityNet(nn.Module):
 
     def __init__(self, ndim: int = 2, channels: int = 1, features: Sequence[int] = (16, 32, 32), norm: str | None = "instance"):
         super().__init__()
-        feats = _check_features("SimilarityNet", features)
-        blocks, c = [], 2 * channels
-        for i, f in enumerate(feats):
-            blocks.append(ConvBlock(ndim, c, f, stride=1 if i == 0 else 2, norm=norm))
-            c = f
-        blocks.append(ConvBlock(ndim, c, c, norm=norm))
-        self.body = nn.Sequential(*blocks)
-        self.head = _conv(ndim)(c, 1, kernel_size=1)
+        ndim = check_ndim("SimilarityNet", ndim)
+        channels = check_channels("SimilarityNet", "channels", channels)
+        feats = check_features("SimilarityNet", features)
+        c = feats[-1]
+        self.body = strided_encoder(ndim, 2 * channels, feats, norm)  # the shared encoder, then one more block
+        self.body.append(ConvBlock(ndim, c, c, norm=norm))
+        self.head = conv_class(ndim)(c, 1, kernel_size=1)
         self.ndim, self.channels, self.halvings = ndim, channels, len(feats) - 1
         self.config = dict(ndim=ndim, channels=channels, features=list(feats), norm=norm)
 
     def forward(self, fixed: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
-        x = _pair_input("SimilarityNet", fixed, moved, self.ndim, self.channels)
+        x = pair_input("SimilarityNet", fixed, moved, self.ndim, self.channels, module=self)
         return F.softplus(self.head(self.body(x)))
+
+    def error_map(self, fixed: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+        """The predicted error map at the images' size, ``(B, 1, *spatial)`` voxels (the per-patch
+        predictions of :meth:`forward`, resized linearly): Eppenhof et al.'s registration error map."""
+        e = self(fixed, moved)
+        return resize(e, shape=tuple(fixed.shape[2:]))
 
     def _pooled_mask(self, mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         return F.adaptive_avg_pool2d(mask, size) if self.ndim == 2 else F.adaptive_avg_pool3d(mask, size)
@@ -74,8 +80,8 @@ class SimilarityNet(nn.Module):
         e = self(fixed, moved)
         if mask is None:
             return e.flatten(1).mean(1)
-        mask = check_image("SimilarityNet.error", "mask", mask, ndim=self.ndim).to(e.dtype)
-        m = self._pooled_mask(mask, e.shape[2:]).expand_as(e)
+        mask = check_mask("SimilarityNet.error", "mask", mask, like=fixed[:, :1] if fixed.shape[1] > 1 else fixed, dtype=e.dtype)
+        m = self._pooled_mask(mask[:, :1], e.shape[2:]).expand_as(e)
         return (e * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1e-6)
 
     def similarity(self, fixed: torch.Tensor, moved: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,8 +129,16 @@ class MisalignedPairs(Dataset):
 
     def __init__(self, pairs: Dataset, max_displacement: float = 10.0, smoothness: float | None = None, halvings: int = 2,
                  rigid: float = 0.5, max_rotation: float = 10.0, seed: int | None = None):
-        self.pairs, self.max_displacement, self.smoothness, self.halvings, self.seed = pairs, float(max_displacement), smoothness, int(halvings), seed
-        self.rigid, self.max_rotation = float(rigid), float(max_rotation)
+        fn = "MisalignedPairs"
+        self.pairs = pairs
+        self.max_displacement = check_number(fn, "max_displacement", max_displacement, low=0)
+        self.smoothness = None if smoothness is None else check_number(fn, "smoothness", smoothness, low=0, low_inclusive=False)
+        self.halvings = check_number(fn, "halvings", halvings, low=0, integer=True)
+        self.rigid = check_number(fn, "rigid", rigid, low=0, high=1)
+        self.max_rotation = check_number(fn, "max_rotation", max_rotation, low=0)
+        self.seed = None if seed is None else check_number(fn, "seed", seed, low=0, integer=True)
+        if len(pairs) == 0:
+            raise ValueError(f"{fn}: pairs is empty; expected a registration dataset with at least one item")
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -136,7 +150,7 @@ class MisalignedPairs(Dataset):
         g = torch.Generator().manual_seed(self.seed * 100_003 + i) if self.seed is not None else None
         amp = float(torch.rand((), generator=g)) * self.max_displacement
         if len(shape) == 2 and float(torch.rand((), generator=g)) < self.rigid:
-            u = (2 * torch.rand(3, generator=g) - 1) * amp / self.max_displacement
+            u = (2 * torch.rand(3, generator=g) - 1) * (amp / self.max_displacement if self.max_displacement > 0 else 0.0)
             params = torch.stack([u[0] * math.radians(self.max_rotation), u[1] * amp / 2, u[2] * amp / 2])
             v = affine_to_dvf(rigid_matrix(params, center=[(s - 1) / 2 for s in shape]), shape)
         else:
@@ -157,6 +171,7 @@ def train_similarity(net: SimilarityNet, pairs: Dataset, steps: int = 300, max_d
     training loop (:func:`regedu.learning.train`, objective ``"regression"``). Returns the history."""
     from .train import train
 
+    steps = check_number("train_similarity", "steps", steps, low=1, integer=True)
     data = MisalignedPairs(pairs, max_displacement, halvings=net.halvings)
     val = MisalignedPairs(val_pairs, max_displacement, halvings=net.halvings, seed=1) if val_pairs is not None else None
     return train(net, data, "regression", steps=steps, val_data=val, **train_kwargs)
