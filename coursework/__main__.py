@@ -29,7 +29,8 @@ def _limits(args, names):
     for n in names:
         lim = defaults.get(n, Limits())
         lim = Limits(notebook=nb_over.get(n, nb_all or lim.notebook), cell=cell_over.get(n, cell_all or lim.cell),
-                     memory_gb=args.memory_gb, output_kb=lim.output_kb)
+                     memory_gb=args.memory_gb, output_kb=lim.output_kb, wall_factor=args.wall_factor,
+                     wall_margin=args.wall_margin)
         limits[n] = lim
     return limits
 
@@ -131,6 +132,10 @@ def main(argv=None) -> int:
                    help="CPU seconds per notebook (defaults: a1 180, a2 240, a3 420); a wall-clock backstop is 4x + 60 s")
     g.add_argument("--cell-timeout", action="append", metavar="[ASSIGNMENT=]SECONDS",
                    help="CPU seconds per cell and per test cell (defaults: a1 60, a2 90, a3 180)")
+    g.add_argument("--wall-factor", type=float, default=4.0,
+                   help="wall-clock backstops: this many times the CPU limits, plus --wall-margin (default 4)")
+    g.add_argument("--wall-margin", type=float, default=60.0,
+                   help="seconds added to the notebook's backstop (half of it to a cell's; default 60)")
     g.add_argument("--memory-gb", type=float, default=8.0, help="address-space limit of each kernel (default 8)")
     g.add_argument("--worker-memory-gb", type=float, default=3.0, help="address-space limit of each grading worker (default 3)")
     g.add_argument("--threads", type=int, default=1, help="CPU threads per kernel (default 1)")

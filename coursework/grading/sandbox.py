@@ -47,12 +47,13 @@ class Limits:
     processes: int = 256      # RLIMIT_NPROC in the sandbox (processes and threads)
     disk_mb: int = 512        # size of the kernel's home folder (tmpfs); /tmp gets half of it
     wall_factor: float = 4.0  # wall-clock backstops: wall_factor x the CPU limit, plus a margin
+    wall_margin: float = 60.0  # seconds added to the notebook's backstop (half of it to a cell's)
 
     def cell_wall(self) -> float:
-        return self.cell * self.wall_factor + 30.0
+        return self.cell * self.wall_factor + self.wall_margin / 2
 
     def notebook_wall(self) -> float:
-        return self.notebook * self.wall_factor + 60.0
+        return self.notebook * self.wall_factor + self.wall_margin
 
     def cpu_backstop(self) -> float:
         """RLIMIT_CPU of each kernel process: the kernel kills a runaway process that ignores everything."""

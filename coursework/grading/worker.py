@@ -19,6 +19,8 @@ Order of events (the hidden tests never enter the kernel):
 from __future__ import annotations
 
 import builtins
+import contextlib
+import io
 import json
 import os
 import signal
@@ -162,9 +164,11 @@ class Grader:
             ns[name] = StudentFunction(self.remote, name)
         self.remote.deadline = time.monotonic() + min(self.limits.cell_wall(), self.left())
         self.remote.cpu_budget = min(self.limits.cell, self.cpu_left())
+        printed = io.StringIO()
         try:
             code = compile(test["code"], f"<test {test['grade_id']}>", "exec")
-            exec(code, ns)
+            with contextlib.redirect_stdout(printed):   # "visible tests passed" is for students, not for our stdout
+                exec(code, ns)
             out["points"], out["passed"] = float(test["points"]), True
         except NotebookTimeout:
             raise
@@ -277,6 +281,9 @@ def feedback(e: BaseException, test: dict) -> str:
 def main() -> None:
     job = json.loads(sys.stdin.read())
     sys.stdin.close()
+    result_out = os.fdopen(os.dup(1), "w")   # only the result goes to stdout; anything else printed goes to stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     become_subreaper()
     grader_box: list[Grader] = []
 
@@ -301,8 +308,11 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - a grader bug must still give a row
         result = {"status": "error", "reason": f"grader error: {type(e).__name__}: {e}"[:500], "questions": {}, "cells": []}
     end_processes(os.getpid())  # anything orphaned and re-parented to us (we are a subreaper)
-    sys.stdout.write(json.dumps(result))
-    sys.stdout.flush()
+    import resource
+
+    result.setdefault("timing", {})["worker_peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result_out.write(json.dumps(result))
+    result_out.flush()
 
 
 if __name__ == "__main__":
