@@ -216,6 +216,12 @@ def test_resample_to_the_same_grid_is_the_identity_and_crop_pad():
     c = preprocess.crop_or_pad(pts, (32, 56, 40))
     assert c.shape == (32, 56, 40) and c.spacing == vol.spacing
     assert torch.allclose(data.voxel_to_world(c.points, c.affine), data.voxel_to_world(pts.points, pts.affine))
+    fg = preprocess.crop_or_pad(pts, (24, 24, 24), centre="foreground")
+    com = (vol.labels[0, 0] > 0).nonzero().double().mean(0)
+    assert fg.shape == (24, 24, 24) and torch.allclose(fg.points[0], pts.points[0] - com + 11.5, atol=0.5)
+    assert torch.allclose(data.voxel_to_world(fg.points, fg.affine), data.voxel_to_world(pts.points, pts.affine))
+    o = [int(v) for v in (pts.points[0] - fg.points[0]).round()]  # the crop's first voxel in the input
+    assert torch.equal(fg.image[0, 0], vol.image[0, 0, o[0]:o[0] + 24, o[1]:o[1] + 24, o[2]:o[2] + 24])
 
 
 def test_normalise():

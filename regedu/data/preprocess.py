@@ -110,11 +110,33 @@ def resample_to(volume: Volume, reference: Volume, mode: str = "linear") -> Volu
     return replace(out, affine=reference.affine.clone(), spacing=tuple(reference.spacing))
 
 
-def crop_or_pad(volume: Volume, shape: int | Sequence[int]) -> Volume:
-    """Crop and/or zero-pad about the centre to ``shape`` (whole voxels: no interpolation; spacing kept)."""
+def crop_or_pad(volume: Volume, shape: int | Sequence[int], centre: Sequence[float] | str | None = None) -> Volume:
+    """Crop and/or zero-pad to ``shape`` (whole voxels: no interpolation; spacing kept).
+
+    ``centre``: the voxel of the input that becomes the centre of the output (rounded to whole voxels):
+    default the input's centre; ``"foreground"`` the centre of mass of ``labels > 0`` (e.g. the brain).
+    """
     n = volume.ndim
     size = (int(shape),) * n if isinstance(shape, int) else tuple(int(s) for s in shape)
-    return fit_volume(volume, size, mode="pad")
+    if len(size) != n or min(size) < 1:
+        raise ValueError(f"crop_or_pad: shape must be one positive int or {n}, got {shape!r}")
+    if centre is None:
+        return fit_volume(volume, size, mode="pad")
+    if isinstance(centre, str):
+        if centre != "foreground":
+            raise ValueError(f"crop_or_pad: centre must be None, 'foreground' or {n} voxel coordinates, got {centre!r}")
+        fg = (volume.labels[0, 0] > 0).nonzero()
+        if fg.numel() == 0:
+            raise ValueError("crop_or_pad: centre='foreground' needs labels > 0 somewhere; the label map is empty")
+        c = fg.double().mean(0).tolist()
+    else:
+        c = [float(v) for v in centre]
+        if len(c) != n:
+            raise ValueError(f"crop_or_pad: centre must have {n} coordinates, got {centre!r}")
+    M = torch.eye(n + 1, dtype=torch.float64)
+    for k in range(n):
+        M[k, n] = float(round(c[k] - (size[k] - 1) / 2.0))
+    return _warp_volume(volume, M, size, mode="nearest")
 
 
 def normalise(volume: Volume, percentiles: tuple[float, float] = (1.0, 99.0), method: str = "zscore",
