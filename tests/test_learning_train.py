@@ -47,6 +47,7 @@ def _mean(xs):
     ("unsupervised", {"similarity": "mse"}, "chain"),
     ("diffeomorphic", {"similarity": "lncc", "weight": 0.1}, "svf"),
     ("cycle", {"similarity": "lncc", "weight": 0.1, "cycle_weight": 0.1}, "net"),
+    ("inverse_consistent", {"similarity": "lncc", "weight": 0.1, "inverse_weight": 0.1}, "net"),
 ])
 def test_each_objective_decreases_its_loss(one_batch, objective, kwargs, model):
     net = {"net": lambda: L.RegistrationNet(2, features=FEATURES),
@@ -303,3 +304,49 @@ def test_callback_and_snapshots_as_in_register(eval_pairs):
         L.train(net, batches, steps=1, device="cpu", progress=False, snapshot_every=1)
     with pytest.raises(TypeError, match=r"train: callback must be callable"):
         L.train(net, batches, steps=1, device="cpu", progress=False, callback=3)
+
+
+class _Translate(torch.nn.Module):
+    """A toy 'network': a constant translation ``t``, with the sign of mean(fixed) - mean(moving) if ``signed``."""
+
+    def __init__(self, t, signed=False):
+        super().__init__()
+        self.t, self.signed = torch.nn.Parameter(torch.tensor(t)), signed
+
+    def forward(self, fixed, moving):
+        sign = torch.sign(fixed.mean() - moving.mean()) if self.signed else 1.0
+        dvf = (sign * self.t).reshape(1, 2, 1, 1).expand(fixed.shape[0], 2, *fixed.shape[2:])
+        return {"dvf": dvf, "moved": regedu.warp(moving, dvf), "regularise": [dvf]}
+
+
+def test_cycle_is_cyclemorph_and_inverse_consistency_is_the_round_trip_displacement(one_batch):
+    # Kim et al.'s cycle compares images: the deformed images registered again must give back the originals;
+    # inverse consistency compares displacements: phi_u o phi_w = Id
+    batch = {k: one_batch[k][:2] for k in ("fixed", "moving")}
+    model = _Translate([1.5, -2.0], signed=True)  # +t one way, -t the other: exactly inverse consistent
+    cyc = L.get_objective("cycle", similarity="mse", weight=0.0, cycle_weight=1.0, identity_weight=1.0)
+    out = cyc.forward(model, batch)
+    loss, logs = cyc(out, batch)
+    f, m = batch["fixed"], batch["moving"]
+    with torch.no_grad():
+        fwd, bwd = model(f, m), model(m, f)
+        back_m = model(bwd["moved"], fwd["moved"])["moved"]  # M^ registered onto F^ (which looks like M)
+        back_f = model(fwd["moved"], bwd["moved"])["moved"]
+        expected_cycle = (back_m - m).abs().mean() + (back_f - f).abs().mean()
+        expected_identity = regedu.mse(f, model(f, f)["moved"]) + regedu.mse(m, model(m, m)["moved"])
+    assert logs["cycle"] == pytest.approx(float(expected_cycle), rel=1e-5) and logs["cycle"] > 0.01
+    assert logs["identity"] == pytest.approx(float(expected_identity), rel=1e-5)
+    assert logs["similarity"] == pytest.approx(float(regedu.mse(f, fwd["moved"]) + regedu.mse(m, bwd["moved"])), rel=1e-5)
+    assert float(loss) == pytest.approx(logs["similarity"] + logs["cycle"] + logs["identity"], rel=1e-5)
+    ic = L.get_objective("inverse_consistent", similarity="mse", weight=0.0, inverse_weight=1.0)
+    assert ic(ic.forward(model, batch), batch)[1]["inverse_consistency"] < 1e-10  # u o w = 0: nothing to penalise
+    # the other way round: a constant translation both ways on uniform images. The images do not change,
+    # so the image cycle sees nothing; the round trip moves every point by 2t
+    flat = {"fixed": torch.full((1, 1, 12, 12), 0.5), "moving": torch.full((1, 1, 12, 12), 0.5)}
+    model = _Translate([1.5, -2.0])
+    assert cyc(cyc.forward(model, flat), flat)[1]["cycle"] < 1e-6
+    assert ic(ic.forward(model, flat), flat)[1]["inverse_consistency"] == pytest.approx(4 * (1.5**2 + 2.0**2), rel=1e-4)
+    # weights of 0 skip their terms and forward passes
+    light = L.get_objective("cycle", cycle_weight=0, identity_weight=0)
+    assert set(light.forward(model, flat)) == {"forward", "backward"}
+    assert "cycle" not in light(light.forward(model, flat), flat)[1]

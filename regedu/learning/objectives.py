@@ -20,7 +20,8 @@ objective              loss                                                     
 ``"weak"``             :math:`1 - \mathrm{Dice}(L_F, L_M \circ \varphi) [+ \alpha\,\mathcal{L}_{sim}] + \lambda R(u)`  Hu et al. 2018
 ``"unsupervised"``     :math:`\mathcal{L}_{sim}(F, M \circ \varphi) + \lambda R(u)`             Balakrishnan et al. 2019
 ``"diffeomorphic"``    as unsupervised, :math:`\varphi = \exp(v)`, :math:`R(v)`                 Dalca et al. 2018
-``"cycle"``            both directions + :math:`\gamma \|u_{F\to M} \circ u_{M\to F}\|^2`       Kim et al. 2019
+``"cycle"``            both ways + :math:`\alpha |M - (\hat M \text{ registered to } \hat F)|_1 + \beta L_{id}`  Kim et al. 2019 (CycleMorph)
+``"inverse_consistent"``  both ways + :math:`\gamma \|u_{F\to M} \circ u_{M\to F}\|^2`            Zhang 2018 (ICNet)
 ``"classification"``   cross-entropy (STN / CNN classifiers)                                    Jaderberg et al. 2015
 ``"regression"``       mean squared error to ``batch["target"]`` (learned similarity, Q-values)
 =====================  =======================================================================  =====================
@@ -216,24 +217,96 @@ class Diffeomorphic(Unsupervised):
 
 
 class CycleConsistent(Unsupervised):
-    r"""Cycle-consistent unsupervised loss (Kim et al., 2019, MICCAI).
+    r"""Cycle-consistent unsupervised loss, CycleMorph (Kim et al., 2019 MICCAI; 2021 Medical Image Analysis).
 
-    The model registers the pair both ways, :math:`\varphi_{F \to M} = \mathrm{Id} + u` (warps ``moving``
-    onto ``fixed``) and :math:`\varphi_{M \to F} = \mathrm{Id} + w`; their composition should be the identity:
+    The network registers the pair both ways: :math:`\hat M = M \circ \varphi_{MF}` (``model(F, M)``,
+    :math:`\approx F`) and :math:`\hat F = F \circ \varphi_{FM}` (``model(M, F)``, :math:`\approx M`). The
+    **cycle**: the *deformed* images are registered again, the other way round, and must give back the
+    originals, compared in image space (L1):
 
-    .. math:: L = \mathcal L_{sim}(F, M \circ \varphi_u) + \mathcal L_{sim}(M, F \circ \varphi_w)
-              + \lambda (R(u) + R(w)) + \gamma\, \tfrac12\left(\overline{\|u \circ w\|^2} + \overline{\|w \circ u\|^2}\right)
+    .. math:: L_{cyc} = \overline{|M - \hat M \circ \tilde\varphi_{M}|} + \overline{|F - \hat F \circ \tilde\varphi_{F}|}
 
-    with :math:`u \circ w` the displacement of :math:`\varphi_u \circ \varphi_w`
-    (:func:`regedu.compose`), in voxels squared. ``cycle_weight`` = :math:`\gamma`.
+    with :math:`\hat M \circ \tilde\varphi_{M}` = ``model(F_hat, M_hat)["moved"]`` (:math:`\hat M` registered onto
+    :math:`\hat F \approx M`) and :math:`\hat F \circ \tilde\varphi_F` = ``model(M_hat, F_hat)["moved"]``. The
+    **identity** loss asks the network to leave an image registered to itself unchanged:
+    :math:`L_{id} = \mathcal L_{sim}(F, F \circ \varphi_{FF}) + \mathcal L_{sim}(M, M \circ \varphi_{MM})`.
+    In total
+
+    .. math:: L = \mathcal L_{sim}(F, \hat M) + \mathcal L_{sim}(M, \hat F) + \lambda (R(u) + R(w))
+              + \alpha L_{cyc} + \beta L_{id}
+
+    with ``weight`` :math:`\lambda`, ``cycle_weight`` :math:`\alpha` and ``identity_weight`` :math:`\beta`
+    (0 skips the term and its forward passes). Kim et al. train two networks, one per direction; here
+    one network registers both ways (the order of its inputs tells it which). The cycle compares
+    *images*: it is blind to displacements inside uniform regions. Compare :class:`InverseConsistent`,
+    which penalises the round-trip *displacement* instead.
     """
 
     name = "cycle"
 
     def __init__(self, similarity: str | Callable = "lncc", regulariser: str | Callable = "diffusion", weight: float = 0.05,
-                 cycle_weight: float = 0.01, masked: bool = False):
+                 cycle_weight: float = 0.1, identity_weight: float = 0.5, masked: bool = False):
         super().__init__(similarity, regulariser, weight, masked)
-        self.cycle_weight = cycle_weight
+        self.cycle_weight, self.identity_weight = cycle_weight, identity_weight
+
+    def forward(self, model: nn.Module, batch: Batch) -> Output:
+        fixed, moving = batch["fixed"], batch["moving"]
+        fwd, bwd = model(fixed, moving), model(moving, fixed)
+        out = {"forward": fwd, "backward": bwd}
+        if self.cycle_weight:
+            # the deformed images, registered back: M^ onto F^ (~ M) and F^ onto M^ (~ F)
+            out["cycle_moving"] = model(bwd["moved"], fwd["moved"])["moved"]
+            out["cycle_fixed"] = model(fwd["moved"], bwd["moved"])["moved"]
+        if self.identity_weight:
+            out["identity_fixed"] = model(fixed, fixed)["moved"]
+            out["identity_moving"] = model(moving, moving)["moved"]
+        return out
+
+    def __call__(self, output: Output, batch: Batch) -> tuple[torch.Tensor, Logs]:
+        fixed, moving = batch["fixed"], batch["moving"]
+        fwd, bwd = output["forward"], output["backward"]
+        sim_f, reg_f = self._terms(fixed, fwd, None)
+        sim_b, reg_b = self._terms(moving, bwd, None)
+        loss = sim_f + sim_b + reg_f + reg_b
+        logs = {"similarity": _num(sim_f + sim_b), "regulariser": _num(reg_f + reg_b)}
+        if self.cycle_weight:
+            to_fixed = fixed.to(output["cycle_fixed"].dtype)
+            to_moving = moving.to(output["cycle_moving"].dtype)
+            cycle = (output["cycle_moving"] - to_moving).abs().mean() + (output["cycle_fixed"] - to_fixed).abs().mean()
+            loss = loss + self.cycle_weight * cycle
+            logs["cycle"] = _num(cycle)
+        if self.identity_weight:
+            identity = self._sim(fixed, output["identity_fixed"], mask=None) + self._sim(moving, output["identity_moving"], mask=None)
+            loss = loss + self.identity_weight * identity
+            logs["identity"] = _num(identity)
+        logs["loss"] = _num(loss)
+        return loss, logs
+
+
+class InverseConsistent(Unsupervised):
+    r"""Inverse-consistent unsupervised loss: the round trip of the two registrations is the identity.
+
+    The model registers the pair both ways, :math:`\varphi_{F \to M} = \mathrm{Id} + u` (warps ``moving``
+    onto ``fixed``) and :math:`\varphi_{M \to F} = \mathrm{Id} + w`; their compositions should be the
+    identity, so their *displacements* are penalised:
+
+    .. math:: L = \mathcal L_{sim}(F, M \circ \varphi_u) + \mathcal L_{sim}(M, F \circ \varphi_w)
+              + \lambda (R(u) + R(w)) + \gamma\, \tfrac12\left(\overline{\|u \circ w\|^2} + \overline{\|w \circ u\|^2}\right)
+
+    with :math:`u \circ w` the displacement of :math:`\varphi_u \circ \varphi_w` (:func:`regedu.compose`),
+    in voxels squared; ``inverse_weight`` = :math:`\gamma`. Inverse consistency goes back to Christensen &
+    Johnson (2001), Consistent image registration, IEEE TMI; as a loss of a registration network it is
+    ICNet (Zhang, 2018, Inverse-consistent deep networks for unsupervised deformable image registration,
+    arXiv:1809.03443). Unlike :class:`CycleConsistent` (CycleMorph), it sees the fields, not the images:
+    it also acts where the image is uniform.
+    """
+
+    name = "inverse_consistent"
+
+    def __init__(self, similarity: str | Callable = "lncc", regulariser: str | Callable = "diffusion", weight: float = 0.05,
+                 inverse_weight: float = 0.01, masked: bool = False):
+        super().__init__(similarity, regulariser, weight, masked)
+        self.inverse_weight = inverse_weight
 
     def forward(self, model: nn.Module, batch: Batch) -> Output:
         return {"forward": model(batch["fixed"], batch["moving"]), "backward": model(batch["moving"], batch["fixed"])}
@@ -243,10 +316,10 @@ class CycleConsistent(Unsupervised):
         sim_f, reg_f = self._terms(batch["fixed"], fwd, None)
         sim_b, reg_b = self._terms(batch["moving"], bwd, None)
         u, w = fwd["dvf"], bwd["dvf"]
-        cycle = 0.5 * (compose(u, w).pow(2).sum(1).mean() + compose(w, u).pow(2).sum(1).mean())
-        loss = sim_f + sim_b + reg_f + reg_b + self.cycle_weight * cycle
+        inverse = 0.5 * (compose(u, w).pow(2).sum(1).mean() + compose(w, u).pow(2).sum(1).mean())
+        loss = sim_f + sim_b + reg_f + reg_b + self.inverse_weight * inverse
         return loss, {"loss": _num(loss), "similarity": _num(sim_f + sim_b), "regulariser": _num(reg_f + reg_b),
-                      "cycle": _num(cycle)}
+                      "inverse_consistency": _num(inverse)}
 
 
 def _xy(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,6 +377,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "unsupervised": Unsupervised,
     "diffeomorphic": Diffeomorphic,
     "cycle": CycleConsistent,
+    "inverse_consistent": InverseConsistent,
     "classification": Classification,
     "regression": Regression,
 }
