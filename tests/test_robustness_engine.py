@@ -137,7 +137,7 @@ def test_identical_images_give_the_identity_and_never_a_worse_loss(slice2d, tran
     # with the default similarity (LNCC, whose epsilon makes a tiny shift score marginally better than the
     # identity) the returned loss is still never above the loss at the start
     result = register(img, img.clone(), transform=transform, progress=False)
-    assert result.loss <= float(regedu.similarity.lncc_loss(img, img)) + 1e-6
+    assert result.loss <= float(regedu.similarity.lncc_loss(img, img)) + 1e-5  # float32 resampling round-off
 
 
 def test_the_returned_transformation_is_the_best_one_evaluated(slice2d):
