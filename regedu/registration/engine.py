@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .._checks import check_affine, check_dvf
+from .._checks import check_affine, check_dvf, check_same_device
 from ..fields import compose
 from ..regularisers import get_regulariser
 from ..similarity import LOSSES, get_loss
@@ -46,7 +46,6 @@ from .planning import (
     SMALL_PROBLEM_VOXELS,
     ImagePair,
     check_pair,
-    check_same_device,
     level_shapes,
     max_levels,
     per_level,

@@ -37,6 +37,7 @@ from torch import nn
 from .. import transforms
 from ..fields import bspline_grid_shape, bspline_to_dvf, integrate_velocity
 from ..filters import gaussian_blur
+from ..resampling import coarse_shape
 from ..spatial_transformer import affine_to_dvf, resize_dvf
 
 
@@ -268,8 +269,8 @@ class DenseModel(TransformationModel):
 
 
 def _coarser(shape: Sequence[int], factor: int) -> tuple[int, ...]:
-    """The same field of view on a grid ``factor`` times coarser (``align_corners=True``: (S - 1) / factor + 1)."""
-    return tuple(s if s == 1 else max(2, int(round((s - 1) / factor)) + 1) for s in shape)
+    """The same field of view on a grid ``factor`` times coarser (:func:`regedu.resampling.coarse_shape`; an axis of one voxel stays one)."""
+    return tuple(s if s == 1 else c for s, c in zip(shape, coarse_shape(shape, factor)))
 
 
 class SVFModel(DenseModel):

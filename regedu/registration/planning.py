@@ -15,13 +15,15 @@ they do on a level, not in how the levels are chosen):
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from .._checks import _shape, check_image, check_same_spatial
+from .._checks import _shape, check_image, check_mask, check_same_device, check_same_spatial
+from .._checks import check_number as _check_number
+from ..resampling import coarse_shape
+from ..utils import cpu_threads
 
 #: no pyramid level may be smaller than this along an axis of more than one voxel
 MIN_LEVEL_SIZE = 8
@@ -51,15 +53,6 @@ class ImagePair:
     def batch(self) -> int:
         """Number of pairs registered at once (a batch of 1 is broadcast against the other)."""
         return max(self.fixed.shape[0], self.moving.shape[0])
-
-
-def check_same_device(fn: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
-    """Raise ``ValueError`` naming both devices unless ``a`` and ``b`` live on the same device."""
-    if a.device != b.device:
-        raise ValueError(
-            f"{fn}: {name_a} and {name_b} must be on the same device, got {name_a} on {a.device} and {name_b} on "
-            f"{b.device}; move one of them, e.g. {name_b}.to({name_a}.device)"
-        )
 
 
 def check_pair(fn: str, fixed: Any, moving: Any, mask: Any = None, channels: int | None = None) -> ImagePair:
@@ -92,18 +85,14 @@ def check_pair(fn: str, fixed: Any, moving: Any, mask: Any = None, channels: int
         check_same_device(fn, "fixed", fixed, "mask", mask)
         if mask.shape[1] != 1:
             raise ValueError(f"{fn}: mask must have one channel, got shape {_shape(mask)}")
-        mask = mask.detach().to(dtype)
-        if float(mask.sum()) == 0:
-            raise ValueError(f"{fn}: mask is empty (all zero); nothing to compare")
-        if float(mask.min()) < 0:
-            raise ValueError(f"{fn}: mask must be non-negative (weights in [0, 1]), got a minimum of {float(mask.min())}")
+        mask = check_mask(fn, "mask", mask.detach(), like=fixed, dtype=dtype)  # non-negative, not all zero
     return ImagePair(fixed, moving, mask)
 
 
 def coarser_shape(shape: Sequence[int], factor: float = 2.0) -> tuple[int, ...]:
-    """The shape of the next coarser pyramid level: ``round((S - 1) / factor) + 1`` (at least 2); an axis of
-    one voxel stays one voxel (a single slice has nothing to downsample)."""
-    return tuple(1 if s == 1 else max(2, int(round((s - 1) / factor)) + 1) for s in shape)
+    """The shape of the next coarser pyramid level, :func:`regedu.resampling.coarse_shape`, except that an
+    axis of one voxel stays one voxel (a single slice has nothing to downsample)."""
+    return tuple(1 if s == 1 else c for s, c in zip(shape, coarse_shape(shape, factor)))
 
 
 def level_shapes(shape: Sequence[int], levels: int) -> list[tuple[int, ...]]:
@@ -130,23 +119,12 @@ def max_levels(shape: Sequence[int], coarsest: int = MIN_LEVEL_SIZE, most: int =
 
 def check_count(fn: str, name: str, value: Any, minimum: int = 0) -> int:
     """``value`` as an ``int`` if it is a whole number ``>= minimum`` (bools are not numbers here)."""
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    if not ok and isinstance(value, float) and math.isfinite(value) and value == int(value):
-        ok, value = True, int(value)
-    if not ok or value < minimum:
-        raise ValueError(f"{fn}: {name} must be a whole number >= {minimum}, got {value!r}")
-    return int(value)
+    return _check_number(fn, name, value, low=minimum, integer=True)
 
 
 def check_number(fn: str, name: str, value: Any, minimum: float = 0.0, strict: bool = False) -> float:
     """``value`` as a finite ``float`` that is ``>= minimum`` (``> minimum`` if ``strict``)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}") from None
-    if isinstance(value, bool) or not math.isfinite(v) or v < minimum or (strict and v == minimum):
-        raise ValueError(f"{fn}: {name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
-    return v
+    return _check_number(fn, name, value, low=minimum, low_inclusive=not strict)
 
 
 def per_level(fn: str, name: str, value: Any, levels: int, cast: type) -> list:
@@ -205,22 +183,13 @@ def plan_iterations(fn: str, iterations: Any, default: Sequence[int], levels: in
     return [check_count(fn, "iterations", v) for v in values]
 
 
-@contextlib.contextmanager
-def threads_for(device: torch.device, voxels: int) -> Iterator[None]:
-    """Run small CPU problems on one thread.
+def threads_for(device: torch.device, voxels: int) -> contextlib.AbstractContextManager:
+    """Run small CPU problems on one thread (:func:`regedu.utils.cpu_threads`).
 
     Below ``SMALL_PROBLEM_VOXELS`` voxels per image every operation is so short that splitting it over
     threads costs more than it gains (on a busy machine, much more); the setting is restored after.
     """
-    if device.type != "cpu" or voxels >= SMALL_PROBLEM_VOXELS or torch.get_num_threads() == 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return cpu_threads(1 if device.type == "cpu" and voxels < SMALL_PROBLEM_VOXELS else None)
 
 
 def pyramid(image: torch.Tensor, shapes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
