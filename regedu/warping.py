@@ -28,6 +28,8 @@ bool images can only be warped with ``mode="nearest"`` (label maps) and keep the
 
 from __future__ import annotations
 
+import math
+import threading
 from functools import lru_cache
 from typing import Sequence
 
@@ -161,19 +163,43 @@ def _normalised_axes(shape: tuple[int, ...], dtype: torch.dtype, device: torch.d
     return tuple(out)
 
 
-def _grid(dvf: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
-    """The normalised grid of ``dvf`` (see :func:`dvf_to_grid`) and the per-axis scales used."""
+_scratch = threading.local()
+
+
+def _scratch_buffer(like: torch.Tensor) -> torch.Tensor:
+    """A reusable buffer shaped like ``like`` (one per thread, the latest shape only), for grids that
+    nobody keeps: a fresh allocation of a large 3D grid costs more (page faults) than filling it."""
+    buf = getattr(_scratch, "buffer", None)
+    if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = torch.empty_like(like, memory_format=torch.contiguous_format)
+        _scratch.buffer = buf
+    return buf
+
+
+def clear_cache() -> None:
+    """Free the cached identity grids and this thread's scratch grid buffer (see :func:`warp`)."""
+    _normalised_axes.cache_clear()
+    _scratch.buffer = None
+
+
+def _grid(dvf: torch.Tensor, scratch: bool = False) -> tuple[torch.Tensor, list[float]]:
+    """The normalised grid of ``dvf`` (see :func:`dvf_to_grid`) and the per-axis scales used.
+
+    One fused add-multiply per axis, ``grid[..., ndim-1-k] = coords_k + scale_k * u_k``, against the
+    cached separable identity grid (:func:`_normalised_axes`), written channel-first (contiguous
+    writes) and handed to ``grid_sample`` as the channel-last view it expects (it reads any strides).
+    ``scratch=True`` writes into the thread's reusable buffer (only for a grid used once, right away).
+    """
     ndim = dvf.dim() - 2
     axes = _normalised_axes(tuple(dvf.shape[2:]), dvf.dtype, dvf.device)
-    # channel-first (contiguous writes, one fused add-multiply per axis); grid_sample takes the channel-last view
-    out = torch.empty_like(dvf, memory_format=torch.contiguous_format)
+    buf = _scratch_buffer(dvf) if scratch else torch.empty_like(dvf, memory_format=torch.contiguous_format)
     for k, (coords, scale) in enumerate(axes):
-        torch.add(coords, dvf[:, k], alpha=scale, out=out[:, ndim - 1 - k])
-    return out.movedim(1, -1), [scale for _, scale in axes]
+        torch.add(coords, dvf[:, k], alpha=scale, out=buf[:, ndim - 1 - k])
+    return buf.movedim(1, -1), [scale for _, scale in axes]
 
 
 class _DvfToGrid(torch.autograd.Function):
-    """Voxel DVF -> normalised grid in one pass per axis; the backward pass is one scaled copy.
+    """Voxel DVF -> normalised grid in one pass per axis; the backward pass is one scaled copy per axis.
 
     (A plain ``torch.stack`` of per-axis terms costs two extra passes forward and backward.)
     """
@@ -220,6 +246,23 @@ def _label_compute_dtype(dtype: torch.dtype) -> torch.dtype:
 # warping
 # --------------------------------------------------------------------------------------------
 
+_LINEAR = ("linear", "bilinear", "trilinear")
+_PLAIN_DTYPES = (torch.float32, torch.float64)
+
+
+def _plain_case(image: object, dvf: object, mode: str, padding_mode: str) -> bool:
+    """Whether :func:`warp` can skip straight to sampling: two tensors of one float32/float64 dtype on
+    one (non-meta) device, matching 2D/3D shapes and batch, a DVF with ndim channels, linear mode."""
+    return (
+        type(image) is torch.Tensor and type(dvf) is torch.Tensor
+        and image.dtype in _PLAIN_DTYPES and dvf.dtype == image.dtype
+        and dvf.dim() in (4, 5) and image.dim() == dvf.dim() and dvf.shape[1] == dvf.dim() - 2
+        and image.shape[0] == dvf.shape[0] and image.shape[2:] == dvf.shape[2:] and image.numel() > 0
+        and image.device == dvf.device and image.device.type != "meta"
+        and mode in _LINEAR and padding_mode in PADDING
+    )
+
+
 def warp(image: torch.Tensor, dvf: torch.Tensor, mode: str = "linear", padding_mode: str = "border") -> torch.Tensor:
     r"""Warp ``image`` by the displacement field ``dvf`` (pull-back): ``moved(x) = image(x + dvf(x))``.
 
@@ -235,7 +278,20 @@ def warp(image: torch.Tensor, dvf: torch.Tensor, mode: str = "linear", padding_m
         The moved image, ``(B, C, *spatial)``, on the device and with the dtype of ``image``.
         Half-precision images are sampled in float32 (grid and interpolation) and cast back;
         integer/bool images need ``mode="nearest"`` and keep every value exactly.
+
+    Speed: the identity grid is cached per shape, dtype and device, the voxel -> normalised scaling is one
+    fused add-multiply per axis, and calls without gradients reuse one grid buffer per thread
+    (:func:`clear_cache` frees both). ``benchmarks/warp.py`` compares it with a bare ``grid_sample``.
     """
+    if _plain_case(image, dvf, mode, padding_mode):
+        # the common case, checked with a few attribute comparisons and one fused finiteness test;
+        # anything unusual (including a non-finite sum, which may be an overflow) takes the full checks
+        if math.isfinite(image.detach().sum().item() + dvf.detach().sum().item()):
+            if torch.is_grad_enabled() and (image.requires_grad or dvf.requires_grad):
+                grid = dvf_to_grid(dvf)  # kept by autograd for the backward pass: a fresh tensor
+            else:
+                grid = _grid(dvf, scratch=True)[0]  # used once: reuse the thread's buffer
+            return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
     image = check_image("warp", "image", image)
     dvf = check_dvf("warp", "dvf", dvf)
     check_same_spatial("warp", "image", image, "dvf", dvf, hint="resample one of them first (regedu.resize / regedu.resize_dvf)")
@@ -356,5 +412,5 @@ def affine_warp(
 __all__ = [
     "MODES", "PADDING", "axis_scale", "voxel_to_normalised", "normalised_to_voxel", "voxel_to_normalised_matrix",
     "affine_to_theta", "theta_to_affine", "identity_grid", "dvf_to_grid", "warp", "warp_labels", "affine_to_dvf",
-    "affine_warp",
+    "affine_warp", "clear_cache",
 ]
