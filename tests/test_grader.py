@@ -6,16 +6,25 @@ Two batches are graded with the real command line (``python -m coursework grade`
 * the three instructor solutions and the three released student versions;
 * assignment 1 submitted by a correct student and by one broken or hostile student per attack
   (tests/grader_fixtures/hostile/*.py, applied to the A1 solution without its ungraded demo cells),
-  plus a notebook that is not JSON and a student folder without a notebook.
+  plus a notebook that is not JSON, a student folder without a notebook, a loose notebook named as an
+  LMS download names it, a symbolic link to the instructor's solution and a file that is no submission;
+  graded while CPU burners load every core (limits are CPU time, so the verdicts must not change).
+
+Sandbox properties, the unprivileged user, stopping a batch, ``--resume`` and the regrade after the
+wall-clock backstop are in tests/test_grader_sandbox.py; fast unit tests in tests/test_grader_units.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -26,8 +35,7 @@ psutil = pytest.importorskip("psutil")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from coursework.grading import rpc  # noqa: E402
-from coursework.grading.batch import Guard, load_assignments  # noqa: E402
+from coursework.grading.batch import load_assignments  # noqa: E402
 from coursework.grading.kernel import namespaces_available  # noqa: E402
 from coursework.grading.spec import RELEASE, SOURCE, check_assignment, is_solution_cell, is_test_cell, nbgrader_meta  # noqa: E402
 
@@ -125,26 +133,57 @@ def course_batch(tmp_path_factory):
     return rows_by(out)
 
 
+@contextlib.contextmanager
+def cpu_burners():
+    """Load every core with a busy process for as long as the block runs (the grader must stay fair)."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        yield len(burners)
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+
+
+def ipc_objects() -> str:
+    """The host's SysV shared-memory segments and message queues (to see whether a kernel left any)."""
+    out = subprocess.run(["ipcs", "-m", "-q"], capture_output=True, text=True) if shutil.which("ipcs") else None
+    queues = os.listdir("/dev/mqueue") if os.path.isdir("/dev/mqueue") else []
+    return (out.stdout if out else "") + " ".join(queues)
+
+
 @pytest.fixture(scope="module")
 def hostile_batch(tmp_path_factory):
     subs = tmp_path_factory.mktemp("hostile_subs")
     names = sorted(p.stem for p in FIXTURES.glob("*.py"))
-    if not NAMESPACES:  # without namespaces, kill(-1) would hit the user's own processes
+    if not NAMESPACES:  # without the sandbox, kill(-1) would hit the user's own processes
         names.remove("tamper")
     for name in names:
         (subs / name).mkdir()
         nbformat.write(hostile_notebook(FIXTURES / f"{name}.py"), subs / name / "a1_transforms.ipynb")
+    if "ipc_leak" in names:  # a second submission looks for what the first left behind
+        (subs / "ipc_leak_again").mkdir()
+        nbformat.write(hostile_notebook(FIXTURES / "ipc_leak.py"), subs / "ipc_leak_again" / "a1_transforms.ipynb")
     (subs / "correct").mkdir()
     nbformat.write(trimmed_a1(), subs / "correct" / "a1_transforms.ipynb")
+    nbformat.write(trimmed_a1(), subs / "a1_transforms (1).ipynb")              # loose, named as an LMS download names it
     (subs / "invalid_json").mkdir()
     (subs / "invalid_json" / "a1_transforms.ipynb").write_text('{"cells": [')
     (subs / "missing").mkdir()
+    (subs / "linked").symlink_to(SOURCE / "a1_transforms")                      # the instructor's solution: refused
+    (subs / "notes.txt").write_text("not a submission")
     out = tmp_path_factory.mktemp("hostile_gradebook")
     (out / "gradebook.csv").write_text("stale,gradebook\n")  # must be replaced, not appended to
     watched = {p: digest(p) for p in (REPO / "coursework" / "source", REPO / "coursework" / "grading")}
-    proc = run_grader(subs, out, "--assignment", "a1_transforms", "--timeout", "40", "--cell-timeout", "6")
-    return {"rows": rows_by(out), "out": out, "names": names, "log": proc.stdout,
-            "changed": [str(p) for p, d in watched.items() if digest(p) != d], "survivors": survivors()}
+    ipc_before = ipc_objects()
+    temp_before = set(Path(tempfile.gettempdir()).glob("cw-*"))
+    with cpu_burners():
+        proc = run_grader(subs, out, "--assignment", "a1_transforms", "--timeout", "12", "--cell-timeout", "4",
+                          "--wall-factor", "3", "--wall-margin", "30")
+    return {"rows": rows_by(out), "out": out, "names": names, "log": proc.stdout + proc.stderr,
+            "changed": [str(p) for p, d in watched.items() if digest(p) != d], "survivors": survivors(),
+            "ipc_before": ipc_before, "ipc_after": ipc_objects(),
+            "temp_left": sorted(map(str, set(Path(tempfile.gettempdir()).glob("cw-*")) - temp_before))}
 
 
 # ------------------------------------------------------------------------------------------ the course
@@ -195,8 +234,9 @@ def test_release_is_nbgraders_output_and_hides_solutions(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ hostile batch
-EXPECTED = {  # fixture: (total, status)
+EXPECTED = {  # student: (total, status)
     "correct": (12, "graded"),
+    "a1_transforms (1)": (12, "graded"),
     "infinite_loop": (12, "graded"),
     "ignores_interrupt": (12, "graded"),
     "exceptions": (11, "graded"),
@@ -204,26 +244,35 @@ EXPECTED = {  # fixture: (total, status)
     "huge_print": (12, "graded"),
     "children": (12, "graded"),
     "slow_notebook": (0, "timeout"),
+    "late_timeout": (7, "timeout"),
+    "sleeper": (12, "graded"),
     "read_hidden_tests": (12, "graded"),
     "tamper": (12, "graded"),
     "fake_points": (0, "graded"),
+    "empty_answers": (0, "graded"),
+    "lying_shape": (0, "graded"),
+    "root_escapes": (12, "graded"),
+    "ipc_leak": (12, "graded"),
+    "ipc_leak_again": (12, "graded"),
+    "terminal_forgery": (11, "graded"),
+    "memory_flood": (11, "graded"),
     "invalid_json": (0, "invalid"),
     "missing": (0, "missing"),
+    "linked": (0, "invalid"),
 }
+NEEDS_SANDBOX = {"tamper", "read_hidden_tests", "root_escapes", "ipc_leak", "ipc_leak_again"}
 
 
 def test_every_fixture_has_an_expectation():
-    assert {p.stem for p in FIXTURES.glob("*.py")} | {"correct", "invalid_json", "missing"} == set(EXPECTED)
+    extra = {"correct", "a1_transforms (1)", "invalid_json", "missing", "linked", "ipc_leak_again"}
+    assert {p.stem for p in FIXTURES.glob("*.py")} | extra == set(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_hostile_submission_scores_as_expected(hostile_batch, name):
-    if name == "tamper" and name not in hostile_batch["names"]:
-        pytest.skip("needs the namespace sandbox")
-    if name == "read_hidden_tests" and not NAMESPACES:
-        # without namespaces the kernel runs as the instructor's user and can read the course folder;
-        # coursework/README.md ("Security design") says so: grade on Linux with user namespaces
-        pytest.skip("hiding the hidden tests from a submission needs the namespace sandbox")
+    if name in NEEDS_SANDBOX and not NAMESPACES:
+        # without bubblewrap the kernel runs as the instructor's user; coursework/README.md says what that allows
+        pytest.skip("needs the bubblewrap sandbox")
     row = hostile_batch["rows"][(name, "a1_transforms")]
     total, status = EXPECTED[name]
     detail = {g: q["feedback"] for g, q in row["questions"].items() if q["feedback"]}
@@ -232,14 +281,17 @@ def test_hostile_submission_scores_as_expected(hostile_batch, name):
         assert row["reason"], "a zero needs a reason"
     else:
         assert set(row["questions"]) == set(A1_POINTS)
+    assert row["sandbox"], "the row says what contained the kernel"
 
 
 def test_hostile_details(hostile_batch):
     rows = {k[0]: r for k, r in hostile_batch["rows"].items()}
     cells = lambda name: rows[name]["cells"]  # noqa: E731
-    assert any(c["status"] == "timeout" for c in cells("infinite_loop"))
+    assert any(c["status"] == "timeout" and c["limit"] == "cpu" for c in cells("infinite_loop"))
     assert rows["infinite_loop"]["restarts"] == 0, "an interruptible loop needs no restart"
     assert rows["ignores_interrupt"]["restarts"] >= 1 and any(c["status"] == "timeout" for c in cells("ignores_interrupt"))
+    assert any(c["status"] == "timeout" and c["limit"] == "wall" for c in cells("sleeper")), "waiting is stopped by the backstop"
+    assert "cell" in rows["sleeper"]["stopped"] and "wall-clock" in rows["sleeper"]["stopped"], "the row says which cell stopped and why"
     assert "ValueError" in rows["exceptions"]["questions"]["q4_ssd_tests"]["feedback"]
     assert any("MemoryError" in c["error"] for c in cells("exceptions"))
     assert any("RuntimeError" in c["error"] for c in cells("exceptions"))
@@ -251,15 +303,35 @@ def test_hostile_details(hostile_batch):
     flood = [c for c in cells("huge_print") if c["output_lost"] or c["output_bytes"] > 5_000_000]
     assert flood, "the flood of output was not noticed"
     assert len(json.dumps(rows["huge_print"])) < 100_000, "captured output must be capped"
-    assert rows["slow_notebook"]["reason"] == "timed out after 40 s"
-    assert all(q["points"] == 0 for q in rows["fake_points"]["questions"].values())
+    assert rows["slow_notebook"]["reason"].startswith("used more than 12 s of CPU time in total")
+    late = rows["late_timeout"]
+    assert [g for g, q in late["questions"].items() if q["passed"]] == ["q1_rotation_tests", "q2_grid_tests",
+                                                                         "q3_sample_tests", "q4_ssd_tests"]
+    assert "CPU time" in late["reason"] and "not graded" in late["questions"]["q6_register_tests"]["feedback"]
+    for name in ("fake_points", "empty_answers", "lying_shape"):
+        assert all(q["points"] == 0 for q in rows[name]["questions"].values()), name
     assert "not valid JSON" in rows["invalid_json"]["reason"]
     assert rows["missing"]["reason"] == "no notebook found for a1_transforms"
+    assert "symbolic link" in rows["linked"]["reason"]
+    assert "elements" in rows["memory_flood"]["questions"]["q4_ssd_tests"]["feedback"]
+    assert rows["memory_flood"]["timing"]["worker_peak_mb"] < 1200, "the worker's memory stays bounded"
+    if NAMESPACES:
+        for name in ("root_escapes", "ipc_leak", "ipc_leak_again"):
+            assert rows[name]["questions"]["q1_rotation_tests"]["passed"], rows[name]["questions"]["q1_rotation_tests"]["feedback"]
+
+
+def test_console_log_is_sanitised_and_lists_what_was_not_graded(hostile_batch):
+    log = hostile_batch["log"]
+    assert "\x1b" not in log and "\r" not in log, "a submission's escape sequences reached the console"
+    assert "\\x1b[1A" in log, "the forged error is shown, escaped"
+    assert "notes.txt" in log and "notes.txt" in (hostile_batch["out"] / "not_graded.csv").read_text()
 
 
 def test_nothing_survives_grading(hostile_batch):
     assert hostile_batch["survivors"] == [], "processes started by submissions are still running"
     assert survivors() == []
+    assert hostile_batch["ipc_after"] == hostile_batch["ipc_before"], "a kernel left IPC objects on the host"
+    assert hostile_batch["temp_left"] == [], "temporary folders of the batch are left"
 
 
 def test_course_files_and_gradebook_are_intact(hostile_batch):
@@ -267,65 +339,16 @@ def test_course_files_and_gradebook_are_intact(hostile_batch):
     out = hostile_batch["out"]
     with open(out / "gradebook.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    expected_students = set(hostile_batch["names"]) | {"correct", "invalid_json", "missing"}
-    assert {r["student"] for r in table} == expected_students, "every submission gets exactly one row"
+    assert {r["student"] for r in table} == set(EXPECTED) - ({"tamper"} - set(hostile_batch["names"])), \
+        "every submission gets exactly one row"
     for r in table:
         assert float(r["total"]) == sum(float(r[f"a1_transforms:{g}"]) for g in A1_POINTS)
         assert r["max_total"] == "12"
     assert "tampered" not in (out / "gradebook.csv").read_text() + (out / "gradebook.json").read_text()
+    with open(out / "grades.csv", newline="") as f:
+        export = list(csv.DictReader(f))
+    assert {r["student_id"] for r in export} == {r["student"] for r in table}
+    feedback = out / "feedback" / "correct" / "a1_transforms" / "a1_transforms.html"
+    assert "Full marks" in feedback.read_text()
 
 
-# ------------------------------------------------------------------------------------------ units (fast)
-def test_results_from_the_kernel_are_decoded_strictly():
-    remote = rpc.Remote(kernel=None)
-    ok = json.dumps({"ok": rpc.encode((1, [2.5, "x"], {"a": None}))})
-    assert rpc.decode(ok, remote) == {"ok": (1, [2.5, "x"], {"a": None})}
-    t = rpc.decode(json.dumps({"ok": rpc.encode(__import__("torch").arange(6.0).reshape(2, 3))}), remote)["ok"]
-    assert t.shape == (2, 3) and float(t.sum()) == 15.0
-    bad_dtype = {"ok": {"__ndarray__": {"dtype": "object", "shape": [1], "data": ""}}}
-    bad_shape = {"ok": {"__tensor__": {"dtype": "float32", "shape": [1000], "data": "AAAAAA=="}}}
-    for payload in (bad_dtype, bad_shape):
-        with pytest.raises(rpc.KernelUnavailable, match="malformed"):
-            rpc.decode(json.dumps(payload), remote)
-    with pytest.raises(rpc.KernelUnavailable, match="malformed"):
-        rpc.decode("[" * 100_000, remote)
-    with pytest.raises(TypeError, match="cannot send"):
-        rpc.encode(object())
-
-
-def test_student_errors_keep_their_type():
-    err = rpc._error_type("ValueError")("ValueError: bad")
-    assert isinstance(err, ValueError) and isinstance(err, rpc.StudentError)
-    assert not isinstance(rpc._error_type("MyError")("x"), ValueError)
-
-
-def test_guard_restores_changed_files(tmp_path):
-    (tmp_path / "a.py").write_text("original")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.ipynb").write_text("{}")
-    guard = Guard([tmp_path], skip=[])
-    assert guard.verify() == []
-    (tmp_path / "a.py").write_text("tampered")
-    (tmp_path / "sub" / "b.ipynb").unlink()
-    assert sorted(Path(p).name for p in guard.verify()) == ["a.py", "b.ipynb"]
-    assert (tmp_path / "a.py").read_text() == "original" and (tmp_path / "sub" / "b.ipynb").read_text() == "{}"
-
-
-def test_sandbox_works_for_a_course_below_tmp(tmp_path):
-    """A course cloned below /tmp (CI may clone there) must still get the namespace sandbox: the
-    sandbox's private /tmp must not hide the read-only course paths below it."""
-    if not NAMESPACES:
-        pytest.skip("no user namespaces on this machine")
-    from coursework.grading import kernel as K
-
-    below = tmp_path / "venvlike"
-    if not str(below).startswith("/tmp/"):
-        pytest.skip(f"pytest's temporary folder {tmp_path} is not below /tmp")
-    below.mkdir()
-    (below / "marker.txt").write_text("visible")
-    root = tmp_path / "root"
-    root.mkdir()
-    spec = dict(root=str(root), readonly=[*K.readonly_paths(), str(below)], writable=[], cwd="/", env={"PATH": "/usr/bin:/bin"},
-                cmd=[sys.executable, "-I", "-S", "-c", f"print(open('{below}/marker.txt').read())"])
-    out = subprocess.run([*K.UNSHARE, sys.executable, "-I", "-S", K.NSINIT, json.dumps(spec)], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0 and "visible" in out.stdout, out.stderr[-1000:]

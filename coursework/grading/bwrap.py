@@ -18,7 +18,8 @@ What the kernel gets (:func:`bwrap_argv`):
   folders, a few files of ``/etc``, Python, the virtual environment and the installed ``regedu``;
   a fresh ``/proc`` (bwrap covers ``/proc/sys``, ``/proc/sysrq-trigger``, ``/proc/irq``, ``/proc/bus``
   read-only), a minimal ``/dev`` (null, zero, full, random, urandom, tty, a pty), **no** ``/sys``
-  (so no cgroup files); a private ``/tmp`` and the home folder on size-limited tmpfs (the disk quota);
+  (so no cgroup files); ``/`` and ``/dev`` read-only; a private ``/tmp``, ``/dev/shm`` and the home
+  folder on size-limited tmpfs (the disk quota);
   the socket folder that the grader talks through; the course, its hidden tests, the grader and
   other submissions do not exist in there;
 * per kernel: address space (``RLIMIT_AS``), CPU time (``RLIMIT_CPU``, a backstop; the grader
@@ -94,7 +95,8 @@ def bwrap_argv(bwrap: str, readonly: list[str], conndir: str, home_mb: int, tmp_
     argv = [bwrap, "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
             "--unshare-cgroup-try", "--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID), "--hostname", "grader",
-            "--proc", "/proc", "--dev", "/dev", "--size", str(tmp_mb * 1024**2), "--tmpfs", "/tmp"]
+            "--proc", "/proc", "--dev", "/dev", "--size", str(tmp_mb * 1024**2), "--tmpfs", "/dev/shm",
+            "--size", str(tmp_mb * 1024**2), "--tmpfs", "/tmp"]
     for p in sorted(readonly, key=lambda q: q.count("/")):      # parents before children
         if os.path.islink(p) and p in SYSTEM:               # /bin -> usr/bin on merged-/usr systems
             argv += ["--symlink", os.readlink(p), p]
@@ -106,7 +108,8 @@ def bwrap_argv(bwrap: str, readonly: list[str], conndir: str, home_mb: int, tmp_
         argv += ["--size", str(home_mb * 1024**2), "--perms", "0700", "--tmpfs", HOME]
     if cache:
         argv += ["--ro-bind", staged.get(cache, cache), HOME + "/.cache/regedu"]
-    argv += ["--bind", staged.get(conndir, conndir), conndir, "--remount-ro", "/", "--chdir", HOME]
+    # the root and /dev belong to the sandbox's uid in its user namespace: make both read-only
+    argv += ["--bind", staged.get(conndir, conndir), conndir, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", HOME]
     return argv
 
 
@@ -116,8 +119,11 @@ def sandboxed(bwrap: str, readonly: list[str], conndir: str, cmd: list[str], *, 
     inner = [sys.executable, "-I", "-S", "-c", LAUNCH, f"{nproc},{cpu_s}", *cmd]
     if not is_root():
         return [*bwrap_argv(bwrap, readonly, conndir, home_mb, tmp_mb, cache=cache), "--", *inner]
-    # root: a private mount namespace makes every path reachable for the unprivileged bwrap (stage.py)
-    assert stage_dir is not None, "root mode needs a folder for staging"
+    # root: a private mount namespace makes every path reachable for the unprivileged bwrap (stage.py);
+    # the mount points live in ``stage_dir``, which the sandbox's uid must reach (the caller removes it)
+    if stage_dir is None or not others_can_reach(stage_dir):
+        raise ValueError(f"sandboxed: stage_dir must be a folder that every user can reach, got {stage_dir!r} "
+                         "(use new_stage_dir())")
     staged: dict[str, str] = {}
     for p in [*readonly, *([cache] if cache else []), conndir]:
         if p == conndir or not others_can_reach(p):
@@ -129,6 +135,16 @@ def sandboxed(bwrap: str, readonly: list[str], conndir: str, cmd: list[str], *, 
     argv = [*bwrap_argv(bwrap, readonly, conndir, home_mb, tmp_mb, cache=cache, staged=staged), "--", *inner]
     spec = {"binds": [[src, dst] for src, dst in staged.items()], "uid": SANDBOX_UID, "argv": argv}
     return [sys.executable, "-I", "-S", STAGE, json.dumps(spec)]
+
+
+def new_stage_dir() -> str | None:
+    """Root mode: an empty folder for the stage's mount points that the sandbox's uid can reach
+    (below the system's temporary folder); None when not root. Remove it after use."""
+    if not is_root():
+        return None
+    path = tempfile.mkdtemp(prefix="cw-stage-")
+    os.chmod(path, 0o755)     # empty mount points only
+    return path
 
 
 def prepare_dirs(*paths: str) -> None:
@@ -155,16 +171,18 @@ def find_bwrap() -> tuple[str | None, str]:
             os.chmod(tmp, 0o711)
             conn = os.path.join(tmp, "conn")
             os.mkdir(conn)
-            stage = os.path.join(tmp, "stage")
-            os.mkdir(stage, 0o711)
+            stage = new_stage_dir()
             prepare_dirs(conn)
-            cmd = sandboxed(bwrap, readonly_paths(), conn, [sys.executable, "-I", "-S", "-c", "print('sandbox-ok')"],
-                            nproc=64, cpu_s=60, stage_dir=stage)
             try:
+                cmd = sandboxed(bwrap, readonly_paths(), conn, [sys.executable, "-I", "-S", "-c", "print('sandbox-ok')"],
+                                nproc=64, cpu_s=60, stage_dir=stage)
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env={"PATH": os.environ.get("PATH", "")})
             except (OSError, subprocess.TimeoutExpired) as e:
                 errors.append(f"{bwrap}: {e}")
                 continue
+            finally:
+                if stage:
+                    shutil.rmtree(stage, ignore_errors=True)
         if out.returncode == 0 and "sandbox-ok" in out.stdout:
             version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.strip()
             return bwrap, f"bubblewrap sandbox ({version}, {bwrap})"

@@ -120,6 +120,7 @@ class Kernel:
         self.kernel_pid: int | None = None
         self.proc: subprocess.Popen | None = None
         self.kc: BlockingKernelClient | None = None
+        self.stage: str | None = None     # root mode: the stage's mount points (removed by kill)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 60.0) -> None:
@@ -135,8 +136,7 @@ class Kernel:
         if ns:
             bw.prepare_dirs(self.conndir, conn)
             env = clean_env(bw.HOME, self.token, self.threads)
-            stage = os.path.join(os.path.dirname(self.conndir), f"stage-{secrets.token_hex(4)}")
-            os.makedirs(stage, mode=0o711)
+            self.stage = stage = bw.new_stage_dir()
             cmd = bw.sandboxed(bw.find_bwrap()[0], readonly_paths(), self.conndir, kernel_cmd,
                                nproc=self.limits.processes, cpu_s=int(self.limits.cpu_backstop()),
                                home_mb=self.limits.disk_mb, tmp_mb=self.limits.disk_mb // 2, cache=self.cache,
@@ -237,6 +237,11 @@ class Kernel:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:  # pragma: no cover
                 pass
+        if self.stage:
+            import shutil
+
+            shutil.rmtree(self.stage, ignore_errors=True)
+            self.stage = None
 
     # ------------------------------------------------------------------ execution
     def execute(self, code: str, timeout: float, rpc: bool = False, cpu: float | None = None) -> CellResult:
