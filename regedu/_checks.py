@@ -138,7 +138,9 @@ def check_affine(fn: str, name: str, A: object, ndim: int | None = None) -> torc
 #   (similarities, resampling, smoothing); where it is not (linear interpolation of a label map)
 #   the function raises a clear error instead;
 # * half precision (float16, bfloat16) is computed in float32 internally (sampling grids, local sums,
-#   histograms) and the result is returned in the input dtype;
+#   histograms); images (warped, resized) are returned in the input dtype, while measures (similarities,
+#   losses, regularisers: reductions over many voxels, whose value can exceed half precision's range,
+#   e.g. an SSD of 40 voxels of intensity 100) are returned in float32, as torch.autocast does for losses;
 # * float32 and float64 are kept as they are.
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -155,6 +157,14 @@ def result_dtype(*dtypes: torch.dtype) -> torch.dtype:
         d = d if d.is_floating_point else torch.float32
         out = d if out is None else torch.promote_types(out, d)
     return torch.float32 if out is None else out
+
+
+def measure_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype of a scalar measure (similarity, loss, regulariser) of inputs of ``dtypes``:
+    :func:`result_dtype`, except that half precision gives float32 (a sum over many voxels overflows
+    float16; ``torch.autocast`` computes losses in float32 for the same reason)."""
+    out = result_dtype(*dtypes)
+    return torch.float32 if out in HALF_DTYPES else out
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -176,11 +186,12 @@ def as_float(fn: str, name: str, x: torch.Tensor, dtype: torch.dtype | None = No
     return x if x.dtype == target else x.to(target)
 
 
-def float_inputs(fn: str, **tensors: torch.Tensor | None) -> tuple[list[torch.Tensor | None], torch.dtype]:
+def float_inputs(fn: str, measure: bool = False, **tensors: torch.Tensor | None) -> tuple[list[torch.Tensor | None], torch.dtype]:
     """Apply the dtype policy to several inputs of one function at once.
 
     Returns the tensors converted to the common compute dtype (``None`` stays ``None``) and the dtype
-    the result must be cast back to (:func:`result_dtype` of the inputs)::
+    the result must be cast back to (:func:`result_dtype` of the inputs; :func:`measure_dtype` with
+    ``measure=True``)::
 
         (fixed, moving), out = float_inputs("mse", fixed=fixed, moving=moving)
         return value.to(out)
@@ -191,6 +202,8 @@ def float_inputs(fn: str, **tensors: torch.Tensor | None) -> tuple[list[torch.Te
             check_tensor(fn, name, t)
     out = result_dtype(*(t.dtype for t in present))
     work = compute_dtype(out)
+    if measure:
+        out = measure_dtype(out)
     return [None if t is None else as_float(fn, name, t, work) for name, t in tensors.items()], out
 
 

@@ -21,7 +21,8 @@ Checks and dtypes (:mod:`regedu._checks`): ``fixed`` and ``moving`` must have th
 the same number of channels (never broadcast) and the same batch size (or one of them 1); a mask must
 not be all zero (nothing would be compared: an error, as in :func:`regedu.register`). Integer and bool
 images are promoted to float32, half precision is computed in float32 (local sums, histograms) and the
-value is returned in the inputs' dtype; float64 stays float64.
+value is returned in float32 (a sum over many voxels overflows float16; ``torch.autocast`` computes
+losses in float32 too); float64 stays float64.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ Similarity = Callable[..., torch.Tensor]
 def _pair(fn: str, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None):
     """Checked ``fixed``, ``moving`` and ``mask`` in the compute dtype, and the dtype of the result."""
     fixed, moving = check_pair(fn, "fixed", fixed, "moving", moving)
-    (fixed, moving), out = float_inputs(fn, fixed=fixed, moving=moving)
+    (fixed, moving), out = float_inputs(fn, measure=True, fixed=fixed, moving=moving)
     if mask is not None:
         mask = check_mask(fn, "mask", mask, fixed, dtype=fixed.dtype)
     return fixed, moving, mask, out
@@ -335,7 +336,7 @@ def soft_dice(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float = 1e-6, i
     Channel 0 (background) is left out unless ``include_background``.
     """
     probs_a, probs_b = check_pair("soft_dice", "probs_a", probs_a, "probs_b", probs_b)
-    (probs_a, probs_b), out = float_inputs("soft_dice", probs_a=probs_a, probs_b=probs_b)
+    (probs_a, probs_b), out = float_inputs("soft_dice", measure=True, probs_a=probs_a, probs_b=probs_b)
     if not include_background and probs_a.shape[1] > 1:
         probs_a, probs_b = probs_a[:, 1:], probs_b[:, 1:]
     dims = tuple(range(2, probs_a.dim()))
@@ -380,7 +381,8 @@ def target_registration_error(
                          f"got shape {tuple(p.shape)}")
     check_same_device("target_registration_error", "fixed_points", p, "transform", transform)
     check_same_device("target_registration_error", "moving_points", q, "transform", transform)
-    (p, q, transform), out = float_inputs("target_registration_error", fixed_points=p, moving_points=q, transform=transform)
+    (p, q, transform), out = float_inputs("target_registration_error", measure=True, fixed_points=p, moving_points=q,
+                                          transform=transform)
     for name, x in (("fixed_points", p), ("moving_points", q), ("transform", transform)):
         check_finite("target_registration_error", name, x)
     if p.dim() == 2:

@@ -257,7 +257,7 @@ def _similarity_same_as_float(fn, dtype, **kw):
         value, ref = fn(ab, bb, **kw), fn(ab.float(), bb.float(), **kw)
         return value.dtype == torch.float32 and close(value, ref, 1e-6)
     value, ref = fn(a.to(dtype), b.to(dtype), **kw), fn(a.to(dtype).float(), b.to(dtype).float(), **kw)
-    return value.dtype == dtype and bool(torch.isfinite(value)) and close(value, ref, 1e-2 * max(1.0, abs(float(ref))))
+    return value.dtype == torch.float32 and bool(torch.isfinite(value)) and close(value, ref, 1e-2 * max(1.0, abs(float(ref))))
 
 
 def _ncc_constant_image_gradient():
@@ -326,6 +326,9 @@ VALUES = [
     ("ssd-bool", lambda: _similarity_same_as_float(regedu.ssd, torch.bool)),
     ("ncc-bool", lambda: _similarity_same_as_float(regedu.ncc, torch.bool)),
     ("ncc-float16", lambda: _similarity_same_as_float(regedu.ncc, torch.float16)),
+    ("ssd-float16-no-overflow", lambda: (lambda v: v.dtype == torch.float32 and float(v) == pytest.approx(40 * 100.0**2, rel=1e-3))(
+        regedu.ssd(torch.full((1, 1, 5, 8), 100.0, dtype=torch.float16), torch.zeros(1, 1, 5, 8, dtype=torch.float16)))),
+    ("diffusion-float16-in-float32", lambda: regedu.diffusion(torch.randn(1, 2, 8, 8).half()).dtype == torch.float32),
     ("mse-bool-mask", lambda: close(regedu.mse(img(1, 1, 8, 8), img(1, 1, 8, 8, seed=1), mask=torch.ones(1, 1, 8, 8, dtype=torch.bool)),
                                     regedu.mse(img(1, 1, 8, 8), img(1, 1, 8, 8, seed=1)), 1e-7)),
     ("ncc-constant-image-zero-finite-gradient", _ncc_constant_image_gradient),
