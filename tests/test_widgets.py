@@ -379,3 +379,19 @@ def test_volume_viewer_comparison_modes():
         VolumeViewer(fixed, mode="overlay")
     with pytest.raises(ValueError, match="moved must have the spatial size of fixed"):
         VolumeViewer(fixed, torch.rand(1, 1, 8, 8, 6))
+
+
+def test_second_contrast_of_labels_is_the_course_t2_model():
+    """One T2 model in the course: second_contrast of a Volume or a label map is regedu.data.t2_like."""
+    from regedu.data import t2_like
+
+    labels = torch.zeros(1, 1, 24, 24, dtype=torch.long)
+    labels[..., 4:20, 4:20] = 3
+    labels[..., 8:16, 8:16] = 2
+    labels[..., 11:13, 11:13] = 1
+    assert torch.equal(second_contrast(labels), t2_like(labels))
+    t2 = second_contrast(labels)
+    # CSF (1) brighter than grey matter (2) brighter than white matter (3): the T1 order reversed
+    assert t2[0, 0, 12, 12] > t2[0, 0, 9, 9] > t2[0, 0, 5, 5] > t2[0, 0, 0, 0]
+    with pytest.raises(TypeError, match=r"second_contrast: image must be a torch.Tensor or a regedu.data.Volume, got list"):
+        second_contrast([[0.0]])

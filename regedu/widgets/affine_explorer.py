@@ -21,7 +21,7 @@ from matplotlib.collections import LineCollection
 
 from .. import similarity
 from .._checks import check_choice
-from ..spatial_transformer import PADDING, affine_warp
+from ..warping import PADDING, affine_warp
 from ..transforms import affine_matrix, image_center
 from ._base import (
     FigureWidget,

@@ -25,7 +25,7 @@ from matplotlib.collections import LineCollection
 
 from .._checks import check_choice
 from ..fields import bspline_grid_shape, folding_fraction, jacobian_determinant, random_bspline_dvf, random_dvf
-from ..spatial_transformer import warp
+from ..warping import warp
 from ._base import FigureWidget, as_image, identity_positions, image_axes, sampling_grid_lines, slider, to_numpy, value_range
 
 MODELS = ("gaussian", "bspline")

@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 
 from .. import similarity
 from .._checks import check_choice
-from ..spatial_transformer import PADDING, affine_warp, resize
+from ..data import Volume, t2_like
+from ..resampling import resize
+from ..warping import PADDING, affine_warp
 from ..transforms import affine_matrix, image_center
 from ._base import FigureWidget, as_image, image_axes, slider, to_numpy, value_range
 
@@ -39,15 +41,23 @@ _LABELS = {"rotation": "rotation (°)", "t0": "t₀ (rows, vox)", "t1": "t₁ (c
 _TITLES = {"ssd": "SSD (lower is better)", "ncc": "NCC (higher is better)", "mi": "MI (higher is better)"}
 
 
-def second_contrast(image: torch.Tensor) -> torch.Tensor:
-    r"""An idealised second MR contrast of ``image``, aligned with it (a stand-in for T1 -> T2).
+def second_contrast(image: object) -> torch.Tensor:
+    r"""A second MR contrast aligned with ``image`` (a stand-in for T1 -> T2).
 
-    Intensities are mapped to [0, 1]; the background (below ~5 % of the range) stays dark and the
-    tissue is inverted, :math:`I' = w(I)\,(1 - 0.8\,I)` with a smooth step :math:`w` from 0.02 to 0.1:
-    bright tissue becomes dark and dark tissue bright, as CSF and white matter swap between T1 and T2.
-    The mapping is not monotonic, so no linear relation (SSD, NCC) holds between the two contrasts,
-    but the intensities stay statistically dependent (MI).
+    Given tissue labels, a :class:`regedu.data.Volume` or an integer label map ``(B, 1, *S)``, this is
+    :func:`regedu.data.t2_like`, the course's T2 model (CSF bright, grey matter intermediate, white
+    matter dark). A plain intensity image has no labels, so its intensities are remapped instead:
+    mapped to [0, 1], the background (below ~5 % of the range) stays dark and the tissue is inverted,
+    :math:`I' = w(I)\,(1 - 0.8\,I)` with a smooth step :math:`w` from 0.02 to 0.1, so bright tissue
+    becomes dark and dark tissue bright, as CSF and white matter swap between T1 and T2. Either way
+    the relation between the contrasts is not monotonic (SSD and NCC fail) but the intensities stay
+    statistically dependent (MI works).
     """
+    if isinstance(image, Volume) or (isinstance(image, torch.Tensor) and not image.is_floating_point()
+                                     and image.dim() in (4, 5) and image.shape[1] == 1):
+        return t2_like(image)
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"second_contrast: image must be a torch.Tensor or a regedu.data.Volume, got {type(image).__name__}")
     lo, hi = image.amin(), image.amax()
     x = (image - lo) / (hi - lo).clamp_min(1e-12)
     t = ((x - 0.02) / 0.08).clamp(0, 1)
@@ -83,7 +93,8 @@ class SimilarityLandscape(FigureWidget):
     Args:
         fixed: the fixed image ``(H, W)`` (or ``(1, 1, H, W)``, tensor or array).
         moving: the mono-modal moving image (same contrast as ``fixed``); default ``fixed`` itself.
-        multimodal: the moving image in another contrast; default :func:`second_contrast` of ``moving``.
+        multimodal: the moving image in another contrast; default :func:`second_contrast` of ``moving``
+            (:func:`regedu.data.t2_like` when ``moving`` is a :class:`regedu.data.Volume`).
             Both moving images are taken as truly aligned with ``fixed`` at the zero transform.
         parameters: one or two of ``"rotation"`` (degrees), ``"t0"``, ``"t1"`` (voxels of the input
             images, along rows / columns) and ``"scale"`` (isotropic); a single name is fine.
@@ -125,7 +136,10 @@ class SimilarityLandscape(FigureWidget):
         fn = "SimilarityLandscape"
         fixed_t = as_image(fn, "fixed", fixed)
         moving_t = fixed_t.clone() if moving is None else as_image(fn, "moving", moving)
-        multi_t = second_contrast(moving_t) if multimodal is None else as_image(fn, "multimodal", multimodal)
+        if multimodal is None:  # a Volume has tissue labels: use the course's T2 model of it
+            multi_t = as_image(fn, "multimodal", second_contrast(moving if isinstance(moving, Volume) else moving_t))
+        else:
+            multi_t = as_image(fn, "multimodal", multimodal)
         for name, x in (("moving", moving_t), ("multimodal", multi_t)):
             if x.shape != fixed_t.shape:
                 raise ValueError(f"{fn}: {name} must have the shape of fixed {tuple(fixed_t.shape[2:])}, got {tuple(x.shape[2:])}")
