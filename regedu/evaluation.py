@@ -134,6 +134,23 @@ def inverse_consistency(forward: torch.Tensor, backward: torch.Tensor, spacing: 
 
 
 # ----------------------------------------------------------------------------- run time and memory
+def _release_free_memory() -> None:
+    """Give memory that was freed but kept by the C allocator back to the system (glibc's ``malloc_trim``),
+    so that the next measurement starts from what is really in use. A no-op where unavailable."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        pass
+
+
 def _rss() -> int:
     try:
         import psutil
@@ -164,7 +181,9 @@ def measure(fn: Callable[..., Any], *args: Any, device: str | torch.device | Non
 
     On CUDA (``device`` or the device of the first tensor argument) the peak is
     ``torch.cuda.max_memory_allocated`` above the allocation at the start; on the CPU a background thread
-    samples the resident set size (a lower bound of the true peak, exact to the sampling interval).
+    samples the resident set size (a lower bound of the true peak, exact to the sampling interval), after
+    returning memory freed by earlier calls to the system (glibc ``malloc_trim``; elsewhere memory cached
+    from an earlier, larger call can hide part of the peak).
     """
     if device is None:
         device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
@@ -179,6 +198,7 @@ def measure(fn: Callable[..., Any], *args: Any, device: str | torch.device | Non
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         peak = torch.cuda.max_memory_allocated(device) - base
         return Measurement(value, seconds, cpu, peak / 2**20, str(device))
+    _release_free_memory()
     base = _rss()
     peak = [base]
     stop = threading.Event()
