@@ -312,12 +312,22 @@ class BSplineModel(TransformationModel):
     :math:`x_c` every ``spacing`` voxels (of the full-resolution image; one value or one per axis).
     The control points keep their physical positions on every pyramid level, so moving between levels
     only rescales the coefficients ``phi`` (voxel units of the level) per axis.
+
+    ``diffeomorphic=True`` reads the B-spline field as a stationary *velocity* and integrates it by
+    scaling and squaring (``steps`` squarings, :func:`regedu.integrate_velocity`), so the transformation
+    is invertible (no folding) at a small extra cost; the regulariser then acts on the velocity.
     """
 
     name = "bspline"
 
-    def __init__(self, shape: Sequence[int], batch: int = 1, spacing: float | Sequence[float] = 8.0):
+    def __init__(self, shape: Sequence[int], batch: int = 1, spacing: float | Sequence[float] = 8.0,
+                 diffeomorphic: bool = False, steps: int = 7):
         super().__init__(shape, batch)
+        if not isinstance(diffeomorphic, bool):
+            raise ValueError(f"BSplineModel: diffeomorphic must be True or False, got {diffeomorphic!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"BSplineModel: steps must be a whole number >= 0, got {steps!r}")
+        self.diffeomorphic, self.steps = diffeomorphic, steps
         sp = [float(spacing)] * self.ndim if isinstance(spacing, (int, float)) else [float(s) for s in spacing]
         if len(sp) != self.ndim:
             raise ValueError(f"BSplineModel: spacing must be one number or {self.ndim} numbers, got {spacing!r}")
@@ -371,11 +381,23 @@ class BSplineModel(TransformationModel):
         self.level_spacing(shape)  # validates
         super().set_level(shape)
 
-    def displacement(self) -> torch.Tensor:
+    def _field(self) -> torch.Tensor:
+        """The B-spline field on the current level (the displacement, or the velocity if diffeomorphic)."""
         return bspline_to_dvf(self.coefficients, self.shape, self.level_spacing(self.shape))
 
+    def displacement(self) -> torch.Tensor:
+        v = self._field()
+        return integrate_velocity(v, self.steps) if self.diffeomorphic else v
+
+    def regularised_field(self) -> torch.Tensor:
+        return self._field()
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        v = self._field()
+        return (integrate_velocity(v, self.steps) if self.diffeomorphic else v), v
+
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", spacing={self.spacing}, grid={self.grid}"
+        return super().extra_repr() + f", spacing={self.spacing}, grid={self.grid}, diffeomorphic={self.diffeomorphic}"
 
 
 MODELS: dict[str, type[TransformationModel]] = {
