@@ -186,7 +186,7 @@ def as_float(fn: str, name: str, x: torch.Tensor, dtype: torch.dtype | None = No
     return x if x.dtype == target else x.to(target)
 
 
-def float_inputs(fn: str, measure: bool = False, **tensors: torch.Tensor | None) -> tuple[list[torch.Tensor | None], torch.dtype]:
+def float_inputs(fn: str, measure: bool = False, **tensors: torch.Tensor | None) -> tuple[list[Any], torch.dtype]:
     """Apply the dtype policy to several inputs of one function at once.
 
     Returns the tensors converted to the common compute dtype (``None`` stays ``None``) and the dtype
@@ -303,9 +303,12 @@ def check_number(
     if not math.isfinite(float(v)):
         raise ValueError(f"{fn}: {name} must be a finite number, got {v}")
     if integer:
-        if float(v) != int(v):
+        if isinstance(v, numbers.Integral):
+            v = int(v)
+        elif float(v).is_integer():
+            v = int(float(v))
+        else:
             raise ValueError(f"{fn}: {name} must be an integer, got {v}")
-        v = int(v)
     else:
         v = float(v)
     lo_bad = low is not None and (v < low if low_inclusive else v <= low)

@@ -194,8 +194,8 @@ def _bspline_parzen(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Ten
 def _to_unit(x: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
     """Map intensities to [0, 1] per batch element (range from the data, without gradient, if not given)."""
     if value_range is not None:
-        lo, hi = value_range
-        return ((x - lo) / (hi - lo)).clamp(0, 1)
+        low, high = value_range
+        return ((x - low) / (high - low)).clamp(0, 1)
     flat = x.detach().flatten(1)
     lo = flat.amin(1).reshape(-1, *([1] * (x.dim() - 1)))
     hi = flat.amax(1).reshape(-1, *([1] * (x.dim() - 1)))
@@ -307,9 +307,9 @@ def dice(
     labels_b = check_image("dice", "labels_b", labels_b, finite=False)
     check_same_spatial("dice", "labels_a", labels_a, "labels_b", labels_b)
     check_same_device("dice", "labels_a", labels_a, "labels_b", labels_b)
-    for name, lab in (("labels_a", labels_a), ("labels_b", labels_b)):
-        if lab.is_floating_point():
-            check_finite("dice", name, lab)
+    for name, label_map in (("labels_a", labels_a), ("labels_b", labels_b)):
+        if label_map.is_floating_point():
+            check_finite("dice", name, label_map)
     if labels_a.shape[1] != 1 or labels_b.shape[1] != 1:
         raise ValueError(f"dice: label maps must have one channel of class indices, got {labels_a.shape[1]} and {labels_b.shape[1]} channels (use soft_dice for one-hot maps)")
     a, b = labels_a.round().long(), labels_b.round().long()

@@ -271,7 +271,7 @@ class FigureWidget:
 
     def render_png(self) -> bytes:
         """Draw the figure with Agg and encode it as PNG."""
-        canvas = self.figure.canvas
+        canvas: Any = self.figure.canvas  # an Agg canvas (FigureCanvasAgg in __init__)
         if not self._animated:
             canvas.draw()
         else:

@@ -132,11 +132,13 @@ class DVFExplorer(FigureWidget):
             if len(self._cache) > 16:
                 self._cache.clear()
             # unit amplitude: both generators scale linearly with max_displacement
-            kw = dict(max_displacement=1.0, seed=int(s["seed"]), dtype=self.moving.dtype, device=self.moving.device)
+            seed, dtype, device = int(s["seed"]), self.moving.dtype, self.moving.device
             if s["model"] == "gaussian":
-                self._cache[key] = random_dvf(self.shape, smoothness=float(s["smoothness"]), **kw)
+                self._cache[key] = random_dvf(self.shape, max_displacement=1.0, smoothness=float(s["smoothness"]), seed=seed,
+                                              dtype=dtype, device=device)
             else:
-                self._cache[key] = random_bspline_dvf(self.shape, spacing=float(s["spacing"]), **kw)
+                self._cache[key] = random_bspline_dvf(self.shape, spacing=float(s["spacing"]), max_displacement=1.0, seed=seed,
+                                                      dtype=dtype, device=device)
         return self._cache[key] * float(s["amplitude"])
 
     def _redraw(self) -> None:

@@ -9,7 +9,7 @@ and the iteration (or epoch) at which it was taken; :func:`regedu.register` reco
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence, cast
 
 import ipywidgets
 import numpy as np
@@ -96,8 +96,9 @@ class RegistrationPlayback(FigureWidget):
         if len(its) != len(moved_list):
             raise ValueError(f"{fn}: iterations must have one entry per snapshot ({len(moved_list)}), got {len(its)}")
         self.iterations = its
-        self.loss = None if loss is None else np.asarray(loss, dtype=np.float64)
-        self.loss_steps = (np.arange(len(self.loss)) if loss_steps is None else np.asarray(loss_steps, dtype=np.float64)) if loss is not None else None
+        self.loss: np.ndarray | None = None if loss is None else np.asarray(loss, dtype=np.float64)
+        self.loss_steps: Any = cast(Any, (np.arange(len(self.loss)) if loss_steps is None else np.asarray(loss_steps, dtype=np.float64))
+                                    if self.loss is not None else None)
         if self.loss is not None and len(self.loss_steps) != len(self.loss):
             raise ValueError(f"{fn}: loss_steps must have one entry per loss value ({len(self.loss)}), got {len(self.loss_steps)}")
 
@@ -110,7 +111,7 @@ class RegistrationPlayback(FigureWidget):
             slice_index = n // 2 if slice_index is None else int(slice_index)
             if not 0 <= slice_index < n:
                 raise ValueError(f"{fn}: slice_index must be in [0, {n - 1}] along axis {slice_axis}, got {slice_index}")
-        self.slice_axis, self.slice_index = slice_axis, slice_index
+        self.slice_axis, self.slice_index = slice_axis, int(slice_index or 0)  # unused in 2D
         self.fixed = self._slice_image(fixed_t)
         self.moving = None if moving is None else self._slice_image(as_image(fn, "moving", _first(moving), ndim=ndim))
         if self.moving is not None and self.moving.shape != self.fixed.shape:
@@ -180,7 +181,8 @@ class RegistrationPlayback(FigureWidget):
         ax.tick_params(labelsize=8)
         ax.set_xlabel(xlabel, fontsize=9)
         ax.set_title("loss", fontsize=10)
-        self._loss_marker = self._loss_line = None
+        self._loss_marker: Any = None
+        self._loss_line: Any = None
         if self.loss is not None:
             ax.plot(self.loss_steps, self.loss, color="C0", lw=1.2)
             if levels is not None and len(levels) == len(self.loss):

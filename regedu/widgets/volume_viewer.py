@@ -112,7 +112,7 @@ class VolumeViewer(FigureWidget):
         if spacing is None:
             spacing = getattr(fixed, "spacing", None) if not isinstance(fixed, (torch.Tensor, np.ndarray)) else None
         if labels is None and not isinstance(fixed, (torch.Tensor, np.ndarray)) and getattr(fixed, "labels", None) is not None:
-            labels = fixed.labels
+            labels = getattr(fixed, "labels")
         self.fixed = to_numpy(as_image(fn, "fixed", fixed, ndim=3)[0, 0])
         self.shape = self.fixed.shape
         self.moved = None if moved is None else to_numpy(as_image(fn, "moved", moved, ndim=3)[0, 0])
