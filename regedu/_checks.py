@@ -7,9 +7,10 @@ deep inside ``torch.nn.functional.grid_sample``.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -321,3 +322,17 @@ def check_number(
             parts.append(f"{'<=' if high_inclusive else '<'} {high:g}")
         raise ValueError(f"{fn}: {name} must be {' and '.join(parts)}, got {v}")
     return v
+
+
+def check_keywords(fn: str, given: Iterable[str], valid: Iterable[str]) -> None:
+    """Raise ``TypeError`` for keyword arguments of ``given`` that are not in ``valid``, naming the valid
+    ones and the closest match (``train(..., val_evry=1)`` -> ``did you mean 'val_every'?``)."""
+    valid = sorted(set(valid))
+    unknown = [k for k in given if k not in valid]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, valid, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TypeError(f"{fn}: unknown keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                        f"the valid ones are {', '.join(valid)}")

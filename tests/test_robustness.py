@@ -14,7 +14,7 @@ import torch
 import regedu
 from regedu import fields, resampling
 from regedu import transforms as T
-from regedu._checks import check_number
+from regedu._checks import check_keywords, check_number
 from regedu.utils import cpu_threads
 
 NAN, INF = float("nan"), float("inf")
@@ -204,6 +204,8 @@ ERRORS = [
      r"theta_to_affine: theta must have shape \(B, 2, 3\) for 2D"),
     # utilities
     ("cpu_threads-zero", lambda: cpu_threads(0).__enter__(), ValueError, r"cpu_threads: n must be a positive integer or None, got 0"),
+    ("check_keywords-typo", lambda: check_keywords("train", {"val_evry": 1}, ["val_every", "epochs"]), TypeError,
+     r"train: unknown keyword argument 'val_evry' \(did you mean 'val_every'\?\); the valid ones are epochs, val_every"),
     ("check_number-bool", lambda: check_number("f", "iterations", True, integer=True), TypeError, r"f: iterations must be an integer, got True"),
 ]
 
