@@ -37,7 +37,7 @@ import torch
 from ._checks import check_dvf, check_image, check_same_spatial
 from .fields import compose, jacobian_determinant
 from .similarity import target_registration_error
-from .spatial_transformer import warp
+from .warping import warp
 
 
 def _spacing(fn: str, spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:

@@ -8,7 +8,7 @@ import torch
 from scipy.spatial.distance import cdist
 
 from regedu import evaluation as ev
-from regedu.spatial_transformer import affine_to_dvf
+from regedu.warping import affine_to_dvf
 
 
 def _disc(shape, centre, radius):

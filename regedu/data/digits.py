@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .._checks import check_choice
-from ..spatial_transformer import affine_warp
+from ..warping import affine_warp
 from ..transforms import affine_matrix
 
 _RAW: tuple[torch.Tensor, torch.Tensor] | None = None

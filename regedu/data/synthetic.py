@@ -53,9 +53,10 @@ import torch
 from torch.utils.data import Dataset
 
 from .._checks import check_choice
-from ..fields import _bspline_weights, bspline_grid_shape, compose, integrate_velocity
+from ..fields import bspline_grid_shape, bspline_weights, compose, integrate_velocity, scale_to_max
 from ..filters import gaussian_blur
-from ..spatial_transformer import identity_grid, resize_dvf, warp
+from ..resampling import resize_dvf
+from ..warping import identity_grid, warp
 from ..transforms import affine_matrix
 from .volume import Volume
 
@@ -78,6 +79,7 @@ def _rand(gen: torch.Generator, low: float, high: float) -> float:
 
 
 def _coarse_shape(shape: Sequence[int], factor: float) -> tuple[int, ...]:
+    # ceil, not regedu.resampling.coarse_shape's round: changing it would change every seeded data set
     return tuple(max(2, int(math.ceil((s - 1) / factor)) + 1) for s in shape)
 
 
@@ -100,13 +102,6 @@ def _amplitudes(fn: str, amplitude: float | Sequence[float], batch: int, like: t
     return a
 
 
-def _scale_to_max(u: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
-    """Zero mean, then scale field ``b`` so that its longest vector has length ``amplitude[b]``."""
-    u = u - u.mean(dim=tuple(range(2, u.dim())), keepdim=True)
-    norm = u.pow(2).sum(1).flatten(1).amax(1).sqrt().clamp_min(1e-12)
-    return u * (amplitude / norm).reshape(-1, *([1] * (u.dim() - 1)))
-
-
 def _separable_apply(coef: torch.Tensor, matrices: Sequence[torch.Tensor]) -> torch.Tensor:
     """Apply one matrix ``(n_out, n_in)`` per spatial axis to ``(B, C, *grid)`` (a separable linear map)."""
     out = coef
@@ -117,7 +112,7 @@ def _separable_apply(coef: torch.Tensor, matrices: Sequence[torch.Tensor]) -> to
 
 def _bspline_field(coef: torch.Tensor, shape: Sequence[int], spacing: Sequence[float]) -> torch.Tensor:
     """Cubic B-spline interpolation of control-point values ``(B, C, *grid)`` onto ``shape`` (any C)."""
-    mats = [_bspline_weights(int(n), float(sp), coef.shape[2 + axis], coef.dtype, coef.device)
+    mats = [bspline_weights(int(n), float(sp), coef.shape[2 + axis], coef.dtype, coef.device)
             for axis, (n, sp) in enumerate(zip(shape, spacing))]
     return _separable_apply(coef, mats)
 
@@ -178,7 +173,8 @@ def random_velocity(
         sp = min(sp, min(shape) - 1.0)
         grid = bspline_grid_shape(shape, sp)
         v = _bspline_field(_randn(gen, (batch, ndim, *grid), like), shape, [sp] * ndim)
-    return _scale_to_max(v, amp)
+    # zero mean (no global drift), then the longest vector of field b has length amp[b]
+    return scale_to_max(v - v.mean(dim=tuple(range(2, v.dim())), keepdim=True), amp)
 
 
 def random_diffeomorphism(

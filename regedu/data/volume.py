@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from ..spatial_transformer import affine_warp
+from ..warping import affine_warp
 
 
 @dataclass
