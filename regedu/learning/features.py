@@ -134,7 +134,7 @@ def train_autoencoder(ae: PatchAutoencoder, images: torch.Tensor, steps: int = 4
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     ae.eval()
     ae.fit_standardisation(images.to(device))
     return losses
