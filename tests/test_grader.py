@@ -47,9 +47,10 @@ A1_POINTS = {"q1_rotation_tests": 2, "q2_grid_tests": 2, "q3_sample_tests": 2, "
              "q5_ncc_tests": 2, "q6_register_tests": 3}
 
 
-def run_grader(submissions: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+def run_grader(submissions: Path, out: Path, *args: str, tmp: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "coursework", "grade", str(submissions), "--out", str(out), "--jobs", "2", *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    env = dict(os.environ, TMPDIR=str(tmp)) if tmp else None
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -176,14 +177,17 @@ def hostile_batch(tmp_path_factory):
     (out / "gradebook.csv").write_text("stale,gradebook\n")  # must be replaced, not appended to
     watched = {p: digest(p) for p in (REPO / "coursework" / "source", REPO / "coursework" / "grading")}
     ipc_before = ipc_objects()
-    temp_before = set(Path(tempfile.gettempdir()).glob("cw-*"))
+    tmp = Path(tempfile.mkdtemp(prefix="cwtest-"))   # the batch's TMPDIR: must be empty afterwards
+    tmp.chmod(0o711)
     with cpu_burners():
         proc = run_grader(subs, out, "--assignment", "a1_transforms", "--timeout", "12", "--cell-timeout", "4",
-                          "--wall-factor", "3", "--wall-margin", "30")
+                          "--wall-factor", "3", "--wall-margin", "30", tmp=tmp)
+    temp_left = sorted(map(str, tmp.iterdir()))
+    shutil.rmtree(tmp, ignore_errors=True)
     return {"rows": rows_by(out), "out": out, "names": names, "log": proc.stdout + proc.stderr,
             "changed": [str(p) for p, d in watched.items() if digest(p) != d], "survivors": survivors(),
             "ipc_before": ipc_before, "ipc_after": ipc_objects(),
-            "temp_left": sorted(map(str, set(Path(tempfile.gettempdir()).glob("cw-*")) - temp_before))}
+            "temp_left": temp_left}
 
 
 # ------------------------------------------------------------------------------------------ the course

@@ -135,6 +135,13 @@ def a1_notebook(extra_cells=(), correct=True):
     return nb
 
 
+def private_tmp() -> Path:
+    """A temporary folder of our own for a grader run (TMPDIR), to check that it is left empty."""
+    path = Path(tempfile.mkdtemp(prefix="cwtest-"))
+    path.chmod(0o711)
+    return path
+
+
 def grade_cmd(subs, out, *args):
     return [sys.executable, "-m", "coursework", "grade", str(subs), "--out", str(out), "--assignment", "a1_transforms", *args]
 
@@ -164,9 +171,9 @@ def test_sigterm_stops_everything_and_resume_finishes(tmp_path):
     (subs / "cc_sleepy").mkdir()
     sleepy = f"import subprocess, sys, time\nkid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', '{mark}'])\ntime.sleep(600)"
     nbformat.write(a1_notebook([sleepy]), subs / "cc_sleepy" / "a1_transforms.ipynb")
-    temp_before = set(Path(tempfile.gettempdir()).glob("cw-*"))
+    tmp = private_tmp()
     proc = subprocess.Popen(grade_cmd(subs, out, "--jobs", "1"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, env=dict(os.environ, TMPDIR=str(tmp)))
     deadline = time.monotonic() + 300
     while not marked(mark) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -176,7 +183,8 @@ def test_sigterm_stops_everything_and_resume_finishes(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, log
     time.sleep(1)
     assert marked(mark) == [], "a kernel or its child survived SIGTERM"
-    assert set(Path(tempfile.gettempdir()).glob("cw-*")) - temp_before == set(), "temporary files were left"
+    assert list(tmp.iterdir()) == [], "temporary files were left"
+    tmp.rmdir()
     kept = rows(out)
     assert set(kept) == {"aa_missing", "bb_correct"} and kept["bb_correct"]["total"] == 12, log
     # the student fixes the notebook; --resume grades only what is missing

@@ -373,8 +373,18 @@ class BatchGrader:
         self.stopping = True
         with self.lock:
             procs = list(self.running.values())
+        for proc in procs:   # a worker ends its kernel and cleans up on SIGTERM ...
+            try:
+                proc.terminate()
+            except OSError:
+                pass
+        end = time.monotonic() + 10
         for proc in procs:
-            end_processes(proc.pid, groups=(proc.pid,))
+            try:
+                proc.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            end_processes(proc.pid, groups=(proc.pid,))   # ... and whatever is left is killed
         self.close()
 
     def close(self) -> None:

@@ -87,6 +87,16 @@ def others_can_reach(path: str) -> bool:
     return True
 
 
+def others_can_reach_dir(path: str) -> bool:
+    """True if any user can pass through ``path`` (execute permission on it and all its parents)."""
+    p = os.path.realpath(path)
+    parts = p.split("/")
+    try:
+        return all(os.stat("/".join(parts[:i]) or "/").st_mode & stat.S_IXOTH for i in range(2, len(parts) + 1))
+    except OSError:
+        return False
+
+
 def bwrap_argv(bwrap: str, readonly: list[str], conndir: str, home_mb: int, tmp_mb: int,
                cache: str | None = None, home_bind: str | None = None, staged: dict[str, str] | None = None) -> list[str]:
     """The bwrap command line (without the command to run). ``staged`` maps a path to where the
@@ -137,12 +147,17 @@ def sandboxed(bwrap: str, readonly: list[str], conndir: str, cmd: list[str], *, 
     return [sys.executable, "-I", "-S", STAGE, json.dumps(spec)]
 
 
-def new_stage_dir() -> str | None:
-    """Root mode: an empty folder for the stage's mount points that the sandbox's uid can reach
-    (below the system's temporary folder); None when not root. Remove it after use."""
+def new_stage_dir(parent: str | None = None) -> str | None:
+    """Root mode: an empty folder for the stage's mount points that the sandbox's uid can reach, in
+    ``parent`` if it can reach that, else below the system's temporary folder; None when not root.
+    Remove it after use (a folder in the batch's own temporary folder goes with it)."""
     if not is_root():
         return None
-    path = tempfile.mkdtemp(prefix="cw-stage-")
+    options = [parent, tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"]
+    parent = next((d for d in options if d and os.path.isdir(d) and others_can_reach_dir(d)), None)
+    if parent is None:
+        raise RuntimeError("no folder that an unprivileged user can reach for the sandbox's mount points")
+    path = tempfile.mkdtemp(prefix="cw-stage-", dir=parent)
     os.chmod(path, 0o755)     # empty mount points only
     return path
 

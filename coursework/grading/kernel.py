@@ -136,7 +136,7 @@ class Kernel:
         if ns:
             bw.prepare_dirs(self.conndir, conn)
             env = clean_env(bw.HOME, self.token, self.threads)
-            self.stage = stage = bw.new_stage_dir()
+            self.stage = stage = bw.new_stage_dir(os.path.dirname(self.conndir))
             cmd = bw.sandboxed(bw.find_bwrap()[0], readonly_paths(), self.conndir, kernel_cmd,
                                nproc=self.limits.processes, cpu_s=int(self.limits.cpu_backstop()),
                                home_mb=self.limits.disk_mb, tmp_mb=self.limits.disk_mb // 2, cache=self.cache,

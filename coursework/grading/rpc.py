@@ -160,7 +160,7 @@ class Remote:
         self.calls += 1
         res = self.kernel.execute(f"__coursework_rpc__.call({payload!r})", timeout=timeout, rpc=True,
                                   cpu=None if cpu == float("inf") else cpu)
-        self.cpu_spent += res.cpu_s
+        self.cpu_spent += min(res.cpu_s, cpu)
         if res.status in ("timeout", "died"):
             self.broken = "the student's code " + ("timed out" if res.status == "timeout" else "killed the kernel")
             if res.status == "timeout":

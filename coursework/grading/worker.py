@@ -83,6 +83,8 @@ class Grader:
         return remaining
 
     def new_kernel(self) -> None:
+        """A fresh kernel with the usual imports; its start-up is the grader's time, not the student's."""
+        t0 = time.monotonic()
         if self.kernel is not None:
             self.kernel.kill()
         self.kernel = Kernel(self.job["workdir"], self.job["conndir"], self.limits, isolation=self.job["isolation"],
@@ -93,12 +95,15 @@ class Grader:
                    "            importlib.import_module(n)\n        except Exception:\n            pass\n"
                    f"__coursework_preload({list(self.job.get('preload', PRELOAD))!r})\ndel __coursework_preload\n")
         self.kernel.execute(preload, timeout=min(STARTUP, self.left()))
+        self.deadline += time.monotonic() - t0      # (a restart on a loaded machine must not eat the student's time)
 
-    def run_cell(self, i: int):
+    def run_cell(self, i: int, charge: bool = True):
+        """Run student cell ``i``; its CPU time counts against the notebook's limit unless it is a replay."""
         self.current = f"cell {i + 1}"
-        r = self.kernel.execute(self.cells[i], timeout=min(self.limits.cell_wall(), self.left()),
-                                cpu=min(self.limits.cell, self.cpu_left()))
-        self.cpu_used += r.cpu_s
+        cpu = min(self.limits.cell, self.cpu_left()) if charge else self.limits.cell
+        r = self.kernel.execute(self.cells[i], timeout=min(self.limits.cell_wall(), self.left()), cpu=cpu)
+        if charge:  # never more than the limit: the interrupt's grace is the grader's time
+            self.cpu_used += min(r.cpu_s, cpu)
         return r
 
     def restart(self, why: str, helper: bool = True) -> None:
@@ -107,8 +112,8 @@ class Grader:
         if self.restarts > MAX_RESTARTS:
             raise KernelDied(f"the kernel had to be restarted more than {MAX_RESTARTS} times (last: {why})")
         self.new_kernel()
-        for i in self.good:
-            self.run_cell(i)
+        for i in self.good:   # replays repeat work that was counted once already
+            self.run_cell(i, charge=False)
         if helper:
             self.install_helper()
 
