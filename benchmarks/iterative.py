@@ -16,7 +16,8 @@ Both methods run two stages and are timed together: regedu ``register(transform=
 (MI, dipy's affine tutorial settings) then SyN (CC) started from that affine. dipy's total mapping is
 converted to a voxel displacement field by mapping the coordinate images.
 
-Timing is wall time of the registration call only (each method builds its own pyramid), after one
+Timing is the CPU time of the registration call only (both run in this process on one thread, so CPU
+time is the time on an otherwise idle core; wall time on a shared machine measures the neighbours too) (each method builds its own pyramid), after one
 untimed warm-up run of each; with --repeats > 1 the fastest run counts (the least disturbed by other
 work on the machine). The peer is dipy's SymmetricDiffeomorphicRegistration with CCMetric(radius=4,
 sigma_diff=2), level_iters=[100, 50, 25] (the values of dipy's SyN tutorial); regedu runs
@@ -69,6 +70,12 @@ def make_pairs(n_per_slice: int, resolution: int, with_3d: bool, resolution_3d: 
     return pairs
 
 
+def clock() -> float:
+    """CPU time of this process (both methods run here on one thread): on a machine shared with other work
+    the wall time measures the neighbours as much as the method; GPU runs use the wall time."""
+    return time.process_time()
+
+
 def real_slice_pairs(levels=(None, -10, 10)) -> list[tuple[str, dict]]:
     """The real T1 slice (fixed) and the template's coronal slices at 1 mm zero-padded to 256 x 256 (moving)."""
     from regedu.data import real
@@ -93,6 +100,56 @@ def real_slice_pairs(levels=(None, -10, 10)) -> list[tuple[str, dict]]:
     return pairs
 
 
+def real_multimodal_pair() -> tuple[str, dict]:
+    """dipy's real whole-brain b = 0 (T2-weighted) volume, 58 x 58 x 24 at 4 x 4 x 5 mm (fixed), and the MNI T1
+    template (2 mm) resampled onto its grid after matching the brains' centres of mass in world coordinates
+    (moving). Labels: 1 CSF, 2 the rest of the brain; the fixed ones from the b = 0 image's own intensity
+    segmentation (``regedu.data.real.tissue_segmentation``, T2 contrast), never from an atlas."""
+    from regedu.data import real
+
+    b0 = real.load_b0_volume()
+    template = data.load_brain(2)
+
+    def centre(v) -> torch.Tensor:  # world centre of mass of the brain mask (mm)
+        idx = torch.nonzero(v.labels[0, 0] > 0).double().mean(0)
+        return (v.affine @ torch.cat([idx, torch.ones(1, dtype=torch.float64)]))[:3]
+
+    shift = torch.eye(4, dtype=torch.float64)
+    shift[:3, 3] = centre(template) - centre(b0)
+    A = torch.linalg.inv(template.affine) @ shift @ b0.affine  # b0 voxel -> template voxel
+    smooth = regedu.filters.gaussian_blur(template.image, 1.0)
+    moving = regedu.affine_warp(smooth, A.float(), shape=b0.image.shape[2:], padding_mode="zeros")
+    t_labels = template.labels.clamp(max=2)  # 1 CSF, 2 grey + white matter
+    moving_labels = regedu.affine_warp(t_labels, A.float(), shape=b0.image.shape[2:], mode="nearest", padding_mode="zeros")
+    fixed_labels = real.tissue_segmentation(b0.image, b0.labels, contrast="t2").clamp(max=2)
+    return "real b0 <- T1 (MI)", {"fixed": b0.image[0], "moving": moving[0], "fixed_labels": fixed_labels[0],
+                                   "moving_labels": moving_labels[0], "labels": [1, 2]}
+
+
+def run_dipy_affine_syn_3d(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, float, object]:
+    """dipy, multi-modal: translation -> rigid -> affine (MI), then SyN with its multi-modal EM metric."""
+    from dipy.align.imaffine import AffineRegistration, MutualInformationMetric
+    from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
+    from dipy.align.metrics import EMMetric
+    from dipy.align.transforms import AffineTransform3D, RigidTransform3D, TranslationTransform3D
+
+    f = fixed[0, 0].double().cpu().numpy()
+    m = moving[0, 0].double().cpu().numpy()
+    eye = np.eye(4)
+    start = clock()
+    affreg = AffineRegistration(metric=MutualInformationMetric(32, None), level_iters=[1000, 100, 10],
+                                sigmas=[3.0, 1.0, 0.0], factors=[4, 2, 1], verbosity=0)
+    current = None
+    for transform in (TranslationTransform3D(), RigidTransform3D(), AffineTransform3D()):
+        current = affreg.optimize(f, m, transform, None, eye, eye, starting_affine=None if current is None else current.affine)
+    sdr = SymmetricDiffeomorphicRegistration(EMMetric(3), level_iters=[100, 50, 25])
+    mapping = sdr.optimize(f, m, eye, eye, current.affine)
+    elapsed = clock() - start
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in f.shape], indexing="ij")
+    dvf = np.stack([mapping.transform(g, interpolation="linear") - g for g in grids])
+    return torch.from_numpy(dvf).float()[None], elapsed, mapping
+
+
 def run_dipy_affine_syn(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, float, object]:
     """dipy: centre of mass -> translation -> rigid -> affine (MI), then SyN (CC) from that affine (2D)."""
     from dipy.align.imaffine import AffineRegistration, MutualInformationMetric, transform_centers_of_mass
@@ -103,7 +160,7 @@ def run_dipy_affine_syn(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torc
     f = fixed[0, 0].double().cpu().numpy()
     m = moving[0, 0].double().cpu().numpy()
     eye = np.eye(3)
-    start = time.perf_counter()
+    start = clock()
     current = transform_centers_of_mass(f, eye, m, eye)
     affreg = AffineRegistration(metric=MutualInformationMetric(32, None), level_iters=[1000, 100, 10],
                                 sigmas=[3.0, 1.0, 0.0], factors=[4, 2, 1], verbosity=0)
@@ -111,7 +168,7 @@ def run_dipy_affine_syn(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torc
         current = affreg.optimize(f, m, transform, None, eye, eye, starting_affine=current.affine)
     sdr = SymmetricDiffeomorphicRegistration(CCMetric(2, sigma_diff=2.0, radius=4), level_iters=[100, 50, 25])
     mapping = sdr.optimize(f, m, eye, eye, current.affine)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     # the total pull-back map x -> prealign(x + d(x)) evaluated on the coordinate images
     grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in f.shape], indexing="ij")
     dvf = np.stack([mapping.transform(g, interpolation="linear") - g for g in grids])
@@ -119,10 +176,10 @@ def run_dipy_affine_syn(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torc
 
 
 def run_regedu_two_stage(fixed, moving, transform: str, similarity: str | None) -> tuple[torch.Tensor, float]:
-    start = time.perf_counter()
+    start = clock()
     affine = regedu.register(fixed, moving, transform="affine", similarity=similarity, progress=False)
     result = regedu.register(fixed, moving, transform=transform, similarity=similarity, init=affine, progress=False)
-    return result.dvf, time.perf_counter() - start
+    return result.dvf, clock() - start
 
 
 def batched(item: dict, device=None) -> dict:
@@ -137,9 +194,9 @@ def run_dipy(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, f
     sdr = SymmetricDiffeomorphicRegistration(CCMetric(ndim, sigma_diff=2.0, radius=4), level_iters=[100, 50, 25])
     f = fixed[0, 0].double().cpu().numpy()
     m = moving[0, 0].double().cpu().numpy()
-    start = time.perf_counter()
+    start = clock()
     mapping = sdr.optimize(f, m)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     # dipy's forward field: (*S, ndim) displacement in voxels (identity grid-to-world affines), axis order
     # of the array, pulling the moving image back onto the static grid: moved(x) = moving(x + d(x))
     field = torch.from_numpy(np.asarray(mapping.get_forward_field())).float()
@@ -150,11 +207,12 @@ def run_dipy(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, f
 def run_regedu(fixed, moving, transform: str, similarity: str | None) -> tuple[torch.Tensor, float]:
     if fixed.is_cuda:
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    now = time.perf_counter if fixed.is_cuda else clock
+    start = now()
     result = regedu.register(fixed, moving, transform=transform, similarity=similarity, progress=False)
     if fixed.is_cuda:
         torch.cuda.synchronize()
-    return result.dvf, time.perf_counter() - start
+    return result.dvf, now() - start
 
 
 def score(item: dict, dvf: torch.Tensor) -> tuple[float, float]:
@@ -163,7 +221,8 @@ def score(item: dict, dvf: torch.Tensor) -> tuple[float, float]:
     dvf = dvf.to(item["moving_labels"].device)
     warped = regedu.warp_labels(item["moving_labels"], dvf, mode="nearest")
     region = (item["fixed_labels"] > 0).float()
-    return float(regedu.dice(item["fixed_labels"], warped, labels=[1, 2, 3])), float(regedu.folding_fraction(dvf, mask=region)[0])
+    labels = item.get("labels", [1, 2, 3])
+    return float(regedu.dice(item["fixed_labels"], warped, labels=labels)), float(regedu.folding_fraction(dvf, mask=region)[0])
 
 
 def timed(fn, repeats: int):
@@ -199,6 +258,8 @@ def main(argv=None) -> int:
     pairs = make_pairs(1 if args.quick else 2, 2, not args.no_3d, res3d)
     if not args.no_real and not args.only_3d:
         pairs += real_slice_pairs((None,) if args.quick else (None, -10, 10))
+    if not args.no_real and not args.no_3d:
+        pairs.append(real_multimodal_pair())
     if args.only_3d:
         pairs = [p for p in pairs if p[0].startswith("3D")]
     cpu = torch.device("cpu")
@@ -224,21 +285,25 @@ def main(argv=None) -> int:
         it = batched(item)
         f, m = it["fixed"], it["moving"]
         real = name.startswith("real")
+        multimodal = "MI" in name
         reps = args.repeats if f.dim() == 4 and not real else 1
-        dvf_p, t_p, mapping = timed(lambda: (run_dipy_affine_syn if real else run_dipy)(f, m), reps)
+        peer = run_dipy_affine_syn_3d if multimodal else run_dipy_affine_syn if real else run_dipy
+        dvf_p, t_p, mapping = timed(lambda: peer(f, m), reps)
         # check the conversion of dipy's field: regedu.warp with it must reproduce dipy's own warp
         own = torch.from_numpy(np.asarray(mapping.transform(m[0, 0].double().numpy()))).float()
         conv_err = float((regedu.warp(m, dvf_p)[0, 0] - own).abs().max()) if not real else 0.0
-        dvf_o, t_o = timed(lambda: (run_regedu_two_stage if real else run_regedu)(f, m, args.transform, args.similarity), reps)
+        sim = "mi" if multimodal else args.similarity
+        dvf_o, t_o = timed(lambda: (run_regedu_two_stage if real else run_regedu)(f, m, args.transform, sim), reps)
         t_g = None
         if gpu is not None:
             g = batched(item, gpu)
             run_regedu(g["fixed"], g["moving"], args.transform, args.similarity)  # warm-up on this size
             _, t_g = timed(lambda: run_regedu(g["fixed"], g["moving"], args.transform, args.similarity), reps)
-        before = float(regedu.dice(it["fixed_labels"], it["moving_labels"], labels=[1, 2, 3]))
+        before = float(regedu.dice(it["fixed_labels"], it["moving_labels"], labels=item.get("labels", [1, 2, 3])))
         d_p, fold_p = score(it, dvf_p)
         d_o, fold_o = score(it, dvf_o)
-        rows.append(dict(name=name, ndim="real 2D" if real else f"{f.dim() - 2}D", before=before, d_p=d_p, d_o=d_o, fold_p=fold_p, fold_o=fold_o,
+        group = ("real 3D MI" if multimodal else "real 2D") if real else f"{f.dim() - 2}D"
+        rows.append(dict(name=name, ndim=group, before=before, d_p=d_p, d_o=d_o, fold_p=fold_p, fold_o=fold_o,
                          t_p=t_p, t_o=t_o, t_g=t_g, conv_err=conv_err))
         size = "x".join(str(s) for s in f.shape[2:])
         line = (f"{name:<20} {size:>12} {before:>11.4f} | {d_p:>8.4f} {d_o:>9.4f} | {100 * fold_p:>7.3f}% {100 * fold_o:>8.3f}% | "
@@ -249,7 +314,7 @@ def main(argv=None) -> int:
 
     print()
     ok = True
-    for ndim in ("2D", "3D", "real 2D"):
+    for ndim in ("2D", "3D", "real 2D", "real 3D MI"):
         sel = [r for r in rows if r["ndim"] == ndim]
         if not sel:
             continue
