@@ -219,6 +219,43 @@ class _DvfToGrid(torch.autograd.Function):
         return grad
 
 
+_PADDING_CODE = {"zeros": 0, "border": 1, "reflection": 2}  # aten's grid_sampler enums (bilinear = 0)
+
+
+class _LinearWarp(torch.autograd.Function):
+    """``grid_sample(image, dvf_to_grid(dvf))`` (bilinear/trilinear) as one autograd node that keeps no grid.
+
+    The grid is written into the thread's scratch buffer in the forward pass and rebuilt there in the
+    backward pass (one cheap pass), so neither pass allocates a fresh grid-sized tensor: for a large 3D
+    field a fresh allocation (page faults) costs more than filling it. Saves only ``image`` and ``dvf``,
+    which the caller holds anyway. The backward pass is aten's own ``grid_sampler_*d_backward``,
+    followed by the voxel scaling of :class:`_DvfToGrid`.
+    """
+
+    @staticmethod
+    def forward(ctx, image: torch.Tensor, dvf: torch.Tensor, padding_mode: str) -> torch.Tensor:  # type: ignore[override]
+        grid, ctx.scales = _grid(dvf, scratch=True)
+        ctx.padding_mode = padding_mode
+        ctx.save_for_backward(image, dvf)
+        return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        image, dvf = ctx.saved_tensors
+        need_image, need_dvf = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+        grid, _ = _grid(dvf, scratch=True)
+        op = torch.ops.aten.grid_sampler_2d_backward if image.dim() == 4 else torch.ops.aten.grid_sampler_3d_backward
+        grad_image, grad_grid = op(grad_out, image, grid, 0, _PADDING_CODE[ctx.padding_mode], True, [need_image, need_dvf])
+        grad_dvf = None
+        if need_dvf:
+            ndim = dvf.dim() - 2
+            grad_dvf = torch.empty_like(dvf, memory_format=torch.contiguous_format)
+            for k, scale in enumerate(ctx.scales):
+                torch.mul(grad_grid[..., ndim - 1 - k], scale, out=grad_dvf[:, k])
+        return (grad_image if need_image else None), grad_dvf, None
+
+
 def dvf_to_grid(dvf: torch.Tensor) -> torch.Tensor:
     """Displacement field (voxels) -> the ``grid`` argument of ``F.grid_sample`` (``align_corners=True``).
 
@@ -280,17 +317,17 @@ def warp(image: torch.Tensor, dvf: torch.Tensor, mode: str = "linear", padding_m
         integer/bool images need ``mode="nearest"`` and keep every value exactly.
 
     Speed: the identity grid is cached per shape, dtype and device, the voxel -> normalised scaling is one
-    fused add-multiply per axis, and calls without gradients reuse one grid buffer per thread
-    (:func:`clear_cache` frees both). ``benchmarks/warp.py`` compares it with a bare ``grid_sample``.
+    fused add-multiply per axis, and the sampling grid lives in one reusable buffer per thread (rebuilt
+    in the backward pass instead of being kept; :func:`clear_cache` frees both). ``benchmarks/warp.py``
+    compares it with a bare ``grid_sample``.
     """
     if _plain_case(image, dvf, mode, padding_mode):
         # the common case, checked with a few attribute comparisons and one fused finiteness test;
         # anything unusual (including a non-finite sum, which may be an overflow) takes the full checks
         if math.isfinite(image.detach().sum().item() + dvf.detach().sum().item()):
             if torch.is_grad_enabled() and (image.requires_grad or dvf.requires_grad):
-                grid = dvf_to_grid(dvf)  # kept by autograd for the backward pass: a fresh tensor
-            else:
-                grid = _grid(dvf, scratch=True)[0]  # used once: reuse the thread's buffer
+                return _LinearWarp.apply(image, dvf, padding_mode)
+            grid = _grid(dvf, scratch=True)[0]  # used once: reuse the thread's buffer
             return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
     image = check_image("warp", "image", image)
     dvf = check_dvf("warp", "dvf", dvf)
