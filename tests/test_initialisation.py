@@ -67,6 +67,10 @@ def test_principal_axes_initialisation_recovers_a_large_rotation(angle):
     err = regedu.target_registration_error(corners, T.apply_affine(A, corners), init).item()
     com_only = regedu.target_registration_error(corners, T.apply_affine(A, corners), moments_initialisation(fixed, moving, rotation=False)).item()
     assert err < 2.0 and com_only > 10 * err
+    # every named similarity, with a mask, picks the same (right) orientation
+    for similarity in ("mse", "ncc", "lncc", "mi", "ssd"):
+        other = moments_initialisation(fixed, moving, similarity=similarity, mask=torch.ones(1, 1, 64, 64))
+        assert torch.allclose(other, init, atol=1e-5), similarity
 
 
 def test_exhaustive_search_finds_the_rotation_and_helps_register():
