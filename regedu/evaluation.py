@@ -200,12 +200,12 @@ def measure(fn: Callable[..., Any], *args: Any, device: str | torch.device | Non
         return Measurement(value, seconds, cpu, peak / 2**20, str(device))
     _release_free_memory()
     base = _rss()
-    peak = [base]
+    peak_rss = [base]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
+            peak_rss[0] = max(peak_rss[0], _rss())
             stop.wait(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -217,8 +217,8 @@ def measure(fn: Callable[..., Any], *args: Any, device: str | torch.device | Non
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         stop.set()
         sampler.join()
-    peak[0] = max(peak[0], _rss())
-    return Measurement(value, seconds, cpu, (peak[0] - base) / 2**20, str(device))
+    peak_rss[0] = max(peak_rss[0], _rss())
+    return Measurement(value, seconds, cpu, (peak_rss[0] - base) / 2**20, str(device))
 
 
 # ----------------------------------------------------------------------------- the card

@@ -181,6 +181,8 @@ def align_to(volume: Volume, template: Volume, transform: str = "affine", simila
     on_grid = resample_to(volume, template)
     result = register(template.image, on_grid.image, transform=transform, similarity=similarity,
                       progress=False, **register_kwargs)
+    if result.matrix is None:
+        raise ValueError(f"align_to: transform must be a matrix model ('translation', 'rigid', 'affine'), got {transform!r}")
     M = result.matrix[0].detach().double().cpu()
     out = _warp_volume(on_grid, M, template.shape)
     out = replace(out, affine=template.affine.clone(), spacing=tuple(template.spacing))
