@@ -132,3 +132,19 @@ def test_random_dvf_is_not_concentrated_at_the_border():
     interior = m[:, 32:-32, 32:-32].flatten()
     assert interior.mean() > 0.6 * border.mean()
     assert interior.max() > 0.5 * 5.0
+
+
+def test_det_j_above_one_shrinks_the_moved_anatomy():
+    """jacobian_determinant's docstring: det J belongs to phi (fixed -> moving); where det J > 1 the moved
+    image shows the anatomy shrunk by 1 / det J (pull-back warping)."""
+    from regedu import transforms as T
+
+    n = 65
+    yy, xx = torch.meshgrid(torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64), indexing="ij")
+    disk = (((yy - 32) ** 2 + (xx - 32) ** 2) < 12.0**2).double()[None, None]
+    A = T.about_center(T.scaling_matrix(torch.tensor([1.5, 1.5], dtype=torch.float64)), [32.0, 32.0])
+    u = regedu.affine_to_dvf(A, (n, n))
+    det = regedu.jacobian_determinant(u)
+    assert torch.allclose(det, torch.full_like(det, 2.25))
+    moved = regedu.warp(disk, u)
+    assert moved.sum().item() == pytest.approx(disk.sum().item() / 2.25, rel=0.03)
