@@ -28,6 +28,7 @@ from .sandbox import Limits, clean_env, end_processes, limit_child
 RPC_MIME = "application/x-coursework-rpc"
 RPC_RESULT_EXPR = "__coursework_rpc__.result"
 MAX_MESSAGE = 32 * 1024**2  # a kernel message larger than this drops the connection instead of eating memory
+GRACE = 15.0                # seconds a stopped cell gets to react to the interrupt (a loaded machine is slow)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class CellResult:
     output_lost: bool = False        # a message over the size cap broke the output connection
     limit: str = ""                  # "cpu" or "wall": which limit stopped it
     cpu_s: float = 0.0               # CPU seconds the cell used (when measured)
+    waited: float = 0.0              # wall-clock seconds in which nothing of the kernel ran (when measured)
 
     def summary(self) -> str:
         if self.status == "error":
@@ -190,6 +192,27 @@ class Kernel:
             time.sleep(0.05)
         return self.proc.pid
 
+    def _tree(self) -> list:
+        import psutil
+
+        try:
+            root = psutil.Process(self.kernel_pid or self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def running(self) -> bool:
+        """True if a process of the kernel is running, runnable or in uninterruptible sleep (I/O)."""
+        import psutil
+
+        for p in self._tree():
+            try:
+                if p.status() in (psutil.STATUS_RUNNING, psutil.STATUS_DISK_SLEEP):
+                    return True
+            except psutil.Error:
+                continue
+        return False
+
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by the kernel and every process below it."""
         import psutil
@@ -244,15 +267,21 @@ class Kernel:
             self.stage = None
 
     # ------------------------------------------------------------------ execution
-    def execute(self, code: str, timeout: float, rpc: bool = False, cpu: float | None = None) -> CellResult:
-        """Run ``code`` with a limit of ``cpu`` seconds of CPU time (the kernel's and its children's) and a
-        wall-clock backstop of ``timeout`` seconds (plus a few seconds of interrupt grace).
+    def execute(self, code: str, timeout: float, rpc: bool = False, cpu: float | None = None,
+                wait: float | None = None) -> CellResult:
+        """Run ``code`` with three limits, whichever comes first:
 
-        CPU time is what the student's code consumed, so the limit means the same on a busy machine
-        as on an idle one; the wall-clock backstop only catches code that waits (``sleep``, a blocked
-        read). Completion is the shell channel's reply; outputs are read from iopub on the way. With
-        ``rpc`` the reply carries the result of the grader's call (``user_expressions``), so calls
-        work even when the student's output has broken the iopub connection.
+        * ``cpu``: seconds of CPU time (the kernel's and its children's): what the student's code
+          computed, the same on a busy machine as on an idle one;
+        * ``wait``: seconds of wall-clock time during which no process of the kernel was running or
+          runnable (``sleep``, a blocked read): waiting, not computing. A process that computes slowly
+          because the machine is busy is runnable, so load does not count here either;
+        * ``timeout``: a hard wall-clock backstop, for whatever the other two miss.
+
+        A stopped cell is interrupted and given ``GRACE`` seconds to stop. Completion is the shell
+        channel's reply; outputs are read from iopub on the way. With ``rpc`` the reply carries the result
+        of the grader's call (``user_expressions``), so calls work even when the student's output has
+        broken the iopub connection.
         """
         if not self.alive() or self.kc is None:
             return CellResult("died", "KernelDied", "the kernel is not running")
@@ -263,26 +292,27 @@ class Kernel:
                             user_expressions=expr)
         res = CellResult("ok")
         cap = self.limits.output_kb * 1024
-        start = time.monotonic()
+        start = last_check = time.monotonic()
         deadline = start + timeout
-        next_cpu_check = start + 0.25
         interrupted_at = reply = None
         why = ""
         while reply is None:
             now = time.monotonic()
             if interrupted_at is None:
                 if now > deadline:
-                    why = f"stopped by the wall-clock backstop after {timeout:.0f} s (waiting, not computing)"
-                elif cpu is not None and now > next_cpu_check:
-                    next_cpu_check = now + 0.25
-                    used = self.cpu_seconds() - cpu0
-                    if used > cpu:
-                        why = f"used more than {cpu:.0f} s of CPU time"
+                    why, res.limit = f"stopped by the hard wall-clock backstop after {timeout:.0f} s", "wall"
+                elif now > last_check + 0.25:
+                    if wait is not None and not self.running():
+                        res.waited += now - last_check
+                    last_check = now
+                    if wait is not None and res.waited > wait:
+                        why, res.limit = f"waited {wait:.0f} s without computing (wall-clock backstop)", "wall"
+                    elif cpu is not None and self.cpu_seconds() - cpu0 > cpu:
+                        why, res.limit = f"used more than {cpu:.0f} s of CPU time", "cpu"
                 if why:
-                    res.limit = "wall" if now > deadline else "cpu"
                     self.interrupt()
                     interrupted_at = now
-            if interrupted_at is not None and now > interrupted_at + 5.0:
+            if interrupted_at is not None and now > interrupted_at + GRACE:
                 res.status, res.ename, res.evalue = "timeout", "TimeoutError", f"{why}; did not stop when interrupted"
                 res.cpu_s = round(self.cpu_seconds() - cpu0, 2)
                 return res

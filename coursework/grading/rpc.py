@@ -146,6 +146,8 @@ class Remote:
         self.deadline = float("inf")
         self.cpu_budget = float("inf")   # CPU seconds the current test may spend in the kernel
         self.cpu_spent = 0.0
+        self.wait_budget = float("inf")  # seconds it may wait there without computing
+        self.waited = 0.0
         self.broken = ""
         self.calls = 0
 
@@ -154,13 +156,15 @@ class Remote:
             raise KernelUnavailable(self.broken)
         timeout = self.deadline - time.monotonic()
         cpu = self.cpu_budget - self.cpu_spent
-        if timeout <= 0 or cpu <= 0:
+        wait = self.wait_budget - self.waited
+        if timeout <= 0 or cpu <= 0 or wait <= 0:
             raise TimeoutError("the test ran out of time")
         payload = json.dumps(req)
         self.calls += 1
         res = self.kernel.execute(f"__coursework_rpc__.call({payload!r})", timeout=timeout, rpc=True,
-                                  cpu=None if cpu == float("inf") else cpu)
+                                  cpu=None if cpu == float("inf") else cpu, wait=None if wait == float("inf") else wait)
         self.cpu_spent += min(res.cpu_s, cpu)
+        self.waited += min(res.waited, wait)
         if res.status in ("timeout", "died"):
             self.broken = "the student's code " + ("timed out" if res.status == "timeout" else "killed the kernel")
             if res.status == "timeout":

@@ -34,9 +34,10 @@ class Limits:
 
     ``notebook`` and ``cell`` are **CPU time** (the kernel's and its children's, measured by the worker),
     so a correct submission gets the same verdict on a busy server as on an idle laptop. Code that
-    waits instead of computing is stopped by wall-clock backstops, ``wall_factor`` times longer
-    (plus a margin); a submission stopped by the notebook's backstop is graded again, alone, before
-    a zero is recorded (see :mod:`.batch`).
+    waits instead of computing is stopped by wall-clock backstops on the time *nothing of the kernel
+    ran* (:meth:`cell_wall`, :meth:`notebook_wall`: ``wall_factor`` times the CPU limit plus a margin),
+    and by hard backstops four times longer on plain wall-clock time; a submission stopped by a
+    notebook backstop is graded again, alone, before a zero is recorded (see :mod:`.batch`).
     """
 
     notebook: float = 300.0   # CPU seconds for the student's cells and the tests together
@@ -50,10 +51,16 @@ class Limits:
     wall_margin: float = 60.0  # seconds added to the notebook's backstop (half of it to a cell's)
 
     def cell_wall(self) -> float:
+        """Seconds a cell may wait without computing."""
         return self.cell * self.wall_factor + self.wall_margin / 2
 
     def notebook_wall(self) -> float:
+        """Seconds the whole notebook may wait without computing."""
         return self.notebook * self.wall_factor + self.wall_margin
+
+    def hard_wall(self, waiting: float) -> float:
+        """The plain wall-clock backstop that goes with a waiting limit."""
+        return 4 * waiting
 
     def cpu_backstop(self) -> float:
         """RLIMIT_CPU of each kernel process: the kernel kills a runaway process that ignores everything."""

@@ -54,8 +54,9 @@ class Grader:
         self.limits = Limits(**job["limits"])
         self.start = time.monotonic()
         # the notebook's clocks start once the first kernel is ready (start-up is the grader's time)
-        self.deadline = self.start + STARTUP + self.limits.notebook_wall()
+        self.deadline = self.start + STARTUP + self.limits.hard_wall(self.limits.notebook_wall())
         self.cpu_used = 0.0                 # CPU seconds of the student's code, all kernels together
+        self.waited = 0.0                   # seconds in which the student's code waited instead of computing
         self.kernel: Kernel | None = None
         self.remote: Remote | None = None
         self.cells: list[str] = []          # student code cells
@@ -68,11 +69,20 @@ class Grader:
 
     # ------------------------------------------------------------------ helpers
     def left(self) -> float:
-        """Wall-clock seconds left before the notebook's backstop; raises when none are left."""
+        """Wall-clock seconds left before the notebook's hard backstop; raises when none are left."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise NotebookTimeout(f"stopped by the wall-clock backstop after {self.limits.notebook_wall():.0f} s "
-                                  f"({self.current} was running)", backstop=True)
+            raise NotebookTimeout(f"stopped by the hard wall-clock backstop after "
+                                  f"{self.limits.hard_wall(self.limits.notebook_wall()):.0f} s ({self.current} was running)",
+                                  backstop=True)
+        return remaining
+
+    def wait_left(self) -> float:
+        """Seconds the notebook may still wait without computing; raises when none are left."""
+        remaining = self.limits.notebook_wall() - self.waited
+        if remaining <= 0:
+            raise NotebookTimeout(f"waited more than {self.limits.notebook_wall():.0f} s without computing (wall-clock "
+                                  f"backstop; {self.current} was running)", backstop=True)
         return remaining
 
     def cpu_left(self) -> float:
@@ -101,9 +111,12 @@ class Grader:
         """Run student cell ``i``; its CPU time counts against the notebook's limit unless it is a replay."""
         self.current = f"cell {i + 1}"
         cpu = min(self.limits.cell, self.cpu_left()) if charge else self.limits.cell
-        r = self.kernel.execute(self.cells[i], timeout=min(self.limits.cell_wall(), self.left()), cpu=cpu)
-        if charge:  # never more than the limit: the interrupt's grace is the grader's time
+        wait = min(self.limits.cell_wall(), self.wait_left()) if charge else self.limits.cell_wall()
+        r = self.kernel.execute(self.cells[i], timeout=min(self.limits.hard_wall(self.limits.cell_wall()), self.left()),
+                                cpu=cpu, wait=wait)
+        if charge:  # never more than the limits: the interrupt's grace is the grader's time
             self.cpu_used += min(r.cpu_s, cpu)
+            self.waited += min(r.waited, wait)
         return r
 
     def restart(self, why: str, helper: bool = True) -> None:
@@ -167,8 +180,9 @@ class Grader:
         ns = {"__name__": "__coursework_test__", "__builtins__": builtins}
         for name in self.job["student_names"]:
             ns[name] = StudentFunction(self.remote, name)
-        self.remote.deadline = time.monotonic() + min(self.limits.cell_wall(), self.left())
+        self.remote.deadline = time.monotonic() + min(self.limits.hard_wall(self.limits.cell_wall()), self.left())
         self.remote.cpu_budget = min(self.limits.cell, self.cpu_left())
+        self.remote.wait_budget = min(self.limits.cell_wall(), self.wait_left())
         printed = io.StringIO()
         try:
             code = compile(test["code"], f"<test {test['grade_id']}>", "exec")
@@ -181,6 +195,7 @@ class Grader:
             out["feedback"] = self.explain(feedback(e, test))
         finally:
             self.cpu_used += self.remote.cpu_spent
+            self.waited += self.remote.waited
         return out
 
     def grade(self) -> dict:
@@ -203,7 +218,7 @@ class Grader:
             self.current = "the kernel's start"
             self.new_kernel()
             timing["kernel_start"] = round(time.monotonic() - t0, 2)
-            self.deadline = time.monotonic() + self.limits.notebook_wall()
+            self.deadline = time.monotonic() + self.limits.hard_wall(self.limits.notebook_wall())
             self.run_student_cells()
             timing["student_cells"] = round(time.monotonic() - t0 - timing["kernel_start"], 2)
             self.install_helper()
@@ -220,6 +235,7 @@ class Grader:
             if self.kernel is not None:
                 self.kernel.kill()
         timing["cpu_s"] = round(self.cpu_used, 2)
+        timing["waited_s"] = round(self.waited, 2)
         if self.stopped:
             result["stopped"] = "; ".join(f"cell {i + 1}: {why}" for i, why in sorted(self.stopped.items()))
         # questions that passed before a timeout or a kernel death keep their points (as in nbgrader)

@@ -1,42 +1,48 @@
-"""Leaves a SysV shared-memory segment and a POSIX message queue behind (well-known keys and names),
-and looks for the ones an earlier (or concurrent) submission left. With a new IPC namespace per
-kernel, nothing is found and nothing survives the kernel: full marks. If it finds a message, its
-rotation answer raises an error naming it."""
+"""Leaves a SysV shared-memory segment and a POSIX message queue behind (well-known key and name),
+each holding this kernel's own random token, and looks for a token of another kernel there (an
+earlier or a concurrent submission: the test grades two copies of this one). With a new IPC
+namespace per kernel, nothing of another kernel is ever found and nothing survives the kernel: full
+marks. If it finds another kernel's token, its rotation answer raises an error saying so."""
 # %% after setup
 import ctypes
 import os
 import time
 
 FOUND_IPC = []
+TOKEN = b"cw:" + os.urandom(8).hex().encode()
 _libc = ctypes.CDLL(None, use_errno=True)
 _rt = ctypes.CDLL("librt.so.1", use_errno=True)
+_libc.shmat.restype = ctypes.c_void_p
 KEY, QUEUE = 0x0C0FFEE, b"/cw-hostile-queue"
 
 
 def _shm_look_and_leave():
-    shmid = _libc.shmget(KEY, 4096, 0)
-    if shmid >= 0:
-        FOUND_IPC.append("SysV shared memory of another submission")
-    shmid = _libc.shmget(KEY, 4096, 0o1666)   # IPC_CREAT | 0666
-    _libc.shmat.restype = ctypes.c_void_p
+    shmid = _libc.shmget(KEY, 4096, 0o1666)            # IPC_CREAT | 0666: the existing one, or a new one
     addr = _libc.shmat(shmid, None, 0)
-    if addr not in (None, ctypes.c_void_p(-1).value):
-        ctypes.memmove(addr, b"cw-secret-message", 17)
+    if shmid < 0 or addr in (None, ctypes.c_void_p(-1).value):
+        return
+    content = ctypes.string_at(addr, len(TOKEN))
+    if content.startswith(b"cw:") and content != TOKEN:
+        FOUND_IPC.append(f"SysV shared memory of another kernel: {content!r}")
+    ctypes.memmove(addr, TOKEN, len(TOKEN))
+    _libc.shmdt(ctypes.c_void_p(addr))
 
 
 def _mq_look_and_leave():
-    _rt.mq_open.restype = ctypes.c_int
-    fd = _rt.mq_open(QUEUE, os.O_RDONLY | os.O_NONBLOCK)
-    if fd >= 0:
-        buf = ctypes.create_string_buffer(8192)
+    fd = _rt.mq_open(QUEUE, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o666, None)
+    if fd < 0:
+        return
+    buf = ctypes.create_string_buffer(8192)
+    while True:
         n = _rt.mq_receive(fd, buf, 8192, None)
-        FOUND_IPC.append("POSIX message queue of another submission" + (f": {buf.raw[:n]!r}" if n > 0 else ""))
-    fd = _rt.mq_open(QUEUE, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK, 0o666, None)
-    if fd >= 0:
-        _rt.mq_send(fd, b"cw-secret-message", 17, 0)
+        if n <= 0:
+            break
+        if buf.raw[:n] != TOKEN:
+            FOUND_IPC.append(f"POSIX message queue of another kernel: {buf.raw[:n]!r}")
+    _rt.mq_send(fd, TOKEN, len(TOKEN), 0)
 
 
-for _ in range(3):   # a concurrent submission may leave its segment a moment later
+for _ in range(3):   # a concurrent submission may leave its token a moment later
     _shm_look_and_leave()
     _mq_look_and_leave()
     time.sleep(0.5)

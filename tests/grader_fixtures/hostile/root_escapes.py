@@ -76,17 +76,20 @@ def _network():
 
 
 def _disk():
-    with open(os.path.expanduser("~/fill.bin"), "wb") as f:
-        chunk = b"\0" * (16 * 1024**2)
-        for _ in range(64 * 2):          # 2 GB: more than the home folder's quota
-            f.write(chunk)
-    os.remove(os.path.expanduser("~/fill.bin"))
+    try:
+        with open(os.path.expanduser("~/fill.bin"), "wb") as f:
+            chunk = b"\0" * (16 * 1024**2)
+            for _ in range(40):          # 640 MB: more than the home folder's quota
+                f.write(chunk)
+    finally:
+        if os.path.exists(os.path.expanduser("~/fill.bin")):
+            os.remove(os.path.expanduser("~/fill.bin"))
 
 
 def _fork_bomb():
     kids = []
     try:
-        for _ in range(2000):
+        for _ in range(400):
             pid = os.fork()
             if pid == 0:
                 import time
@@ -97,7 +100,7 @@ def _fork_bomb():
         for pid in kids:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
-    if len(kids) >= 2000:
+    if len(kids) >= 400:     # the sandbox allows 256 processes and threads
         return
     raise OSError(errno.EAGAIN, "fork limited")
 
@@ -112,7 +115,7 @@ def _userns():
         raise OSError("no user namespace")
 
 
-def attack():
+def attack(heavy=True):
     for name in ("hostname", "domainname", "core_pattern"):
         _try(f"/proc/sys/kernel/{name}", _write(f"/proc/sys/kernel/{name}", "|/tmp/cw-escape"))
     _try("/proc/sysrq-trigger", _write("/proc/sysrq-trigger", "h"))
@@ -123,9 +126,10 @@ def attack():
     _try("TIOCSTI", _tiocsti)
     _try("signal outside", _signal_outside)
     _try("network", _network)
-    _try("disk quota", _disk)
-    _try("fork bomb", _fork_bomb)
-    _try("user namespace", _userns)
+    if heavy:   # once, in the cell (the calls of the tests have a few seconds of CPU time)
+        _try("disk quota", _disk)
+        _try("fork bomb", _fork_bomb)
+        _try("user namespace", _userns)
     if os.getuid() == 0 or os.geteuid() == 0:
         ESCAPED.append("runs as uid 0")
 
@@ -134,7 +138,7 @@ attack()
 print("escaped:", ESCAPED)
 # %% replace q1_rotation
 def rotation_matrix(angle, center):
-    attack()   # again, while the grader is calling
+    attack(heavy=False)   # again, while the grader is calling
     if ESCAPED:
         raise RuntimeError("escaped: " + ", ".join(sorted(set(ESCAPED))))
     c, s = math.cos(angle), math.sin(angle)
