@@ -90,3 +90,11 @@ def test_alignment_judge_learns_to_register_and_to_score_alignment():
     aligned = alignment_score(d, b["fixed"], regedu.warp(b["moving"], b["dvf"])).mean()
     unaligned = alignment_score(d, b["fixed"], b["moving"]).mean()
     assert aligned > unaligned + 0.1                             # the discriminator is a metric of alignment
+
+
+def test_discriminators_rebuild_from_their_config():
+    from regedu.learning.layers import build_model
+
+    for d in (AlignmentDiscriminator(2, features=(4, 8)), DeformationDiscriminator(3, features=(4, 8))):
+        rebuilt = build_model(type(d).__name__, d.config)
+        assert type(rebuilt) is type(d) and rebuilt.state_dict().keys() == d.state_dict().keys()

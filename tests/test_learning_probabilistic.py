@@ -103,3 +103,12 @@ def test_training_registers_and_the_variance_is_lower_where_the_image_has_contra
         std = regedu.resize((0.5 * net(b["fixed"], b["moving"])["log_var"]).exp().mean(1, keepdim=True), shape)
     brain = b["mask"] > 0
     assert std[brain].mean() < 0.85 * std[~brain].mean()
+
+
+def test_checkpoint_round_trip(tmp_path):
+    net = ProbabilisticNet(2, features=(4, 8), scale=0.5, init_log_var=-3.0)
+    path = learning.save_checkpoint(tmp_path / "prob.pt", net)
+    loaded = learning.load_checkpoint(path).model
+    assert isinstance(loaded, ProbabilisticNet) and loaded.config == net.config
+    f, m = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    assert torch.equal(loaded.eval()(f, m)["dvf"], net.eval()(f, m)["dvf"])

@@ -51,13 +51,14 @@ from .._checks import check_choice
 from ..regularisers import get_regulariser
 from ..spatial_transformer import warp
 from ..utils import get_device, seed_everything
-from .networks import strided_encoder
+from .layers import register_model, strided_encoder
 from .objectives import Objective, _num, get_objective
 from .train import History, evaluate, to_device
 
 JUDGES = ("alignment", "deformation")
 
 
+@register_model
 class Discriminator(nn.Module):
     """A small CNN critic: strided conv blocks -> global average -> linear -> one logit per item.
 
@@ -79,6 +80,7 @@ class Discriminator(nn.Module):
         return self.head(h)[:, 0]
 
 
+@register_model
 class AlignmentDiscriminator(Discriminator):
     """Judges whether ``image`` is aligned with ``fixed``: ``forward(fixed, image)`` -> ``(B,)`` logits (Yan et al., 2018)."""
 
@@ -90,6 +92,7 @@ class AlignmentDiscriminator(Discriminator):
         return super().forward(torch.cat([fixed, image], dim=1))
 
 
+@register_model
 class DeformationDiscriminator(Discriminator):
     """Judges whether a displacement field ``(B, ndim, *spatial)`` looks like the reference deformations (Hu et al., 2018)."""
 

@@ -51,7 +51,8 @@ import torch.nn as nn
 from ..fields import integrate_velocity
 from ..regularisers import diffusion
 from ..spatial_transformer import resize, resize_dvf, warp
-from .networks import UNet, _pair_input
+from .layers import pair_input, register_model
+from .networks import UNet
 from .objectives import Objective, _num
 
 
@@ -86,6 +87,7 @@ def prior_variance(ndim: int, prior_weight: float) -> float:
     return 1.0 / (prior_weight * 2 * ndim)
 
 
+@register_model
 class ProbabilisticNet(nn.Module):
     r"""Probabilistic diffeomorphic registration network (Dalca et al., 2018/2019).
 
@@ -124,7 +126,7 @@ class ProbabilisticNet(nn.Module):
 
     def distribution(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The predicted ``(mean, log_var)`` of the velocity, each ``(B, ndim, *spatial')``."""
-        x = _pair_input("ProbabilisticNet", fixed, moving, self.ndim, self.channels)
+        x = pair_input("ProbabilisticNet", fixed, moving, self.ndim, self.channels, module=self)
         if self.scale != 1.0:
             x = resize(x, scale=self.scale)
         out = self.unet(x)
