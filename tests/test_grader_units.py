@@ -273,3 +273,23 @@ def test_release_without_nbgrader_names_the_extra():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert out.returncode != 0 and "pip install" in out.stderr and "[grading]" in out.stderr, out.stderr
+
+
+def test_scores_go_into_nbgraders_gradebook(tmp_path):
+    pytest.importorskip("nbgrader")
+    from nbgrader.api import Gradebook
+
+    from coursework.grading.batch import load_assignments, write_nbgrader_db
+
+    assignments = load_assignments(["a2_dvfs"])
+    rows = [Row("alice", "a2_dvfs", total=3.0, max_total=11.0,
+                questions={t.grade_id: {"points": float(t.points) if i < 2 else 0.0, "max_points": t.points,
+                                        "passed": i < 2, "feedback": ""}
+                           for i, t in enumerate(assignments["a2_dvfs"].tests)}),
+            Row("bob", "a2_dvfs", status="missing", max_total=11.0)]
+    url = f"sqlite:///{tmp_path / 'gradebook.db'}"
+    assert write_nbgrader_db(rows, url, assignments) == 1
+    assert write_nbgrader_db(rows, url, assignments) == 1, "writing again updates, it does not fail"
+    with Gradebook(url) as gb:
+        sub = gb.find_submission("a2_dvfs", "alice")
+        assert sub.score == 4.0 and sub.max_score == 11.0      # q1 (2) + q2 (2) passed

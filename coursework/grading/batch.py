@@ -502,6 +502,9 @@ def write_nbgrader_db(rows: list[Row], db_url: str, assignments: dict[str, Assig
     """Scores into nbgrader's gradebook database (formgrader shows them): returns the rows written."""
     from nbgrader.api import Gradebook, MissingEntry
 
+    bindir = str(Path(sys.executable).parent)   # nbgrader runs its environment's `alembic` command
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     n = 0
     with Gradebook(db_url) as gb:
         for name, a in assignments.items():
