@@ -7,8 +7,10 @@ Targets (one CPU core, ``torch.set_num_threads(1)``):
 * a 3D synthetic subject of 80x96x80 voxels (synthetic_subject on the 2 mm template): <= 1 s.
 
 Also printed (no target): a 3D training pair at 2 and 4 mm, a DistortedDigits item, loading the
-template (first call in this process, and cached), and for scale one bare trilinear
-``grid_sample`` of an 80x96x80 image, measured interleaved with the 3D subject.
+template (first call in this process, and cached), the real scans of ``regedu.data.real`` (loading,
+brain mask and GMM segmentation included), the evaluation card of a 3D field (Dice + HD95 of three
+labels, SDlogJ, folding), and for scale one bare trilinear ``grid_sample`` of an 80x96x80 image,
+measured interleaved with the 3D subject.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import compare  # noqa: E402
 
 from regedu import data  # noqa: E402
+from regedu import evaluation  # noqa: E402
 from regedu.utils import describe_device, get_device  # noqa: E402
 
 
@@ -71,6 +74,16 @@ def main() -> int:
     more = compare({"pair_3d_2mm": lambda: ds3[0], "pair_3d_4mm": lambda: ds3_4[0],
                     "digit": lambda: digits[next(counter) % len(digits)]}, device, repeats=args.repeats)
 
+    t0 = time.perf_counter()
+    data.load_t1_slice()
+    t_t1 = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    data.load_b0_volume()
+    t_b0 = time.perf_counter() - t0
+    subj = data.synthetic_subject(vol.to("cpu"), seed=0)
+    card = compare({"card": lambda: evaluation.evaluate(subj["dvf"], vol.labels.cpu(), subj["labels"], spacing=vol.spacing)},
+                   torch.device("cpu"), repeats=max(1, args.repeats // 3))
+
     print(f"{'what':<46} {'time':>10}  target")
     rows = [
         (f"2D training pair {tuple(ds2.shape)}", t_pair2 * 1e3, "ms", 5.0),
@@ -81,6 +94,9 @@ def main() -> int:
         ("load_brain(2), first call in this process", first, "s", None),
         ("load_brain(2), cached", cached * 1e3, "ms", None),
         (f"(scale) one bare grid_sample {vol.shape}", t["bare"] * 1e3, "ms", None),
+        ("real T1 slice + brain mask + GMM segmentation", t_t1, "s", None),
+        ("real b=0 volume 58x58x24 + brain mask", t_b0, "s", None),
+        (f"evaluation card of a 3D field {vol.shape}", card["card"], "s", None),
     ]
     ok = True
     for name, value, unit, target in rows:
