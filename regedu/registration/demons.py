@@ -98,7 +98,7 @@ def demons(
 
     u = torch.zeros(pair.batch, pair.ndim, *shapes[0], dtype=pair.fixed.dtype, device=pair.fixed.device)
     recorder = HistoryRecorder(fn, sum(iters), "demons", progress, snapshot_every,
-                               snapshot=lambda: _full(u, pair.moving, pair.shape), callback=callback, start=start)
+                               snapshot=lambda: _moved_and_field(u, pair.moving, pair.shape), callback=callback, start=start)
     try:
         with threads_for(pair.fixed.device, pair.fixed[0, 0].numel()), torch.no_grad():
             fixed_pyr, moving_pyr = pyramid(pair.fixed, shapes), pyramid(pair.moving, shapes)
@@ -119,7 +119,7 @@ def demons(
     finally:
         recorder.close()
 
-    u = _full(u, None, pair.shape)[1]
+    u = _full(u, pair.shape)
     return RegistrationResult(
         dvf=u,
         moved=warp(pair.moving, u),
@@ -132,10 +132,15 @@ def demons(
     )
 
 
-def _full(u: torch.Tensor, moving: torch.Tensor | None, shape: tuple[int, ...]) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``(moved or None, dvf)`` at full resolution from a level's field."""
-    full = resize_dvf(u, shape) if tuple(u.shape[2:]) != tuple(shape) else u
-    return (warp(moving, full) if moving is not None else None), full
+def _full(u: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A level's field on the full-resolution grid."""
+    return resize_dvf(u, shape) if tuple(u.shape[2:]) != tuple(shape) else u
+
+
+def _moved_and_field(u: torch.Tensor, moving: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(moved, dvf)`` at full resolution, for the history's snapshots."""
+    full = _full(u, shape)
+    return warp(moving, full), full
 
 
 def _demons_step(u, fixed, moved, grad_f, mask, force: str, max_step: float, sigma_fluid: float, sigma_diffusion: float,

@@ -271,11 +271,19 @@ def _total_matrix(A: torch.Tensor, init) -> torch.Tensor:
     return init[1] @ A
 
 
+def _level_matrix(model: TransformationModel) -> torch.Tensor:
+    """A parametric model's matrix on its current level."""
+    A = model.matrix()
+    if A is None:
+        raise TypeError(f"{type(model).__name__} is parametric but its matrix() returned None")
+    return A
+
+
 def transformed(model: TransformationModel, moving: torch.Tensor, init, with_field: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``moving`` warped by ``model`` (after ``init``) on the model's current level, and the field to
     regularise (``None`` unless ``with_field``)."""
     if model.parametric:
-        moved = affine_warp(moving, _total_matrix(model.matrix(), init))
+        moved = affine_warp(moving, _total_matrix(_level_matrix(model), init))
         return moved, model.displacement() if with_field else None
     u, field = model()
     return warp(moving, _total_displacement(u, init)), field if with_field else None
@@ -286,7 +294,8 @@ def full_resolution(plan: RegistrationPlan, model: TransformationModel, moving: 
     shape = plan.full_shape
     with torch.no_grad():
         if model.parametric:
-            A = model.full_matrix() if hasattr(model, "full_matrix") else rescale_matrix(model.matrix(), model.shape, shape)
+            full = getattr(model, "full_matrix", None)
+            A = full() if callable(full) else rescale_matrix(_level_matrix(model), model.shape, shape)
             A = _total_matrix(A, plan.init)
             return A, affine_to_dvf(A, shape), affine_warp(moving, A)
         u = model.displacement()
@@ -412,7 +421,7 @@ def _make_optimiser(plan: RegistrationPlan, params, lr: float, evaluations: int)
         return torch.optim.LBFGS(params, lr=lr, max_iter=evaluations, max_eval=evaluations,
                                  line_search_fn="strong_wolfe", history_size=20, **LBFGS_OPTIONS)
     cls = OPTIMISERS[plan.opt_key] if plan.opt_key != "custom" else plan.optimiser
-    return cls(params, lr=lr)
+    return cls(params, lr=lr)  # type: ignore[call-arg]
 
 
 def _lbfgs_level(opt: torch.optim.Optimizer, objective: LevelObjective, lr: float) -> None:
@@ -430,9 +439,9 @@ def _lbfgs_level(opt: torch.optim.Optimizer, objective: LevelObjective, lr: floa
     if g_max > 0:
         group["lr"] = getattr(objective.plan.model, "first_step", 1.0) * lr / (g_max * min(1.0, 1.0 / g_sum))
         group["max_iter"] = 1
-        opt.step(objective)
+        opt.step(objective)  # type: ignore[arg-type]
     group.update(lr=lr, max_iter=objective.budget, max_eval=objective.budget)
-    opt.step(objective)
+    opt.step(objective)  # type: ignore[arg-type]
 
 
 def run_level(objective: LevelObjective) -> bool:
@@ -448,7 +457,7 @@ def run_level(objective: LevelObjective) -> bool:
             _lbfgs_level(opt, objective, plan.lrs[level])  # at most `budget` evaluations
         else:
             for _ in range(objective.budget):
-                opt.step(objective)
+                opt.step(objective)  # type: ignore[arg-type]
     except _BudgetSpent:
         pass  # the budget ran out inside a line search
     except _Stop:
@@ -457,8 +466,11 @@ def run_level(objective: LevelObjective) -> bool:
     return stopped
 
 
-class _NullRecorder:
+class _NullRecorder(HistoryRecorder):
     """Records nothing (for evaluations outside the optimisation)."""
+
+    def __init__(self) -> None:  # no progress bar, no history
+        pass
 
     def record(self, *args, **kwargs) -> bool:
         return False

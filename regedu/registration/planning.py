@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -127,7 +127,7 @@ def check_number(fn: str, name: str, value: Any, minimum: float = 0.0, strict: b
     return _check_number(fn, name, value, low=minimum, low_inclusive=not strict)
 
 
-def per_level(fn: str, name: str, value: Any, levels: int, cast: type) -> list:
+def per_level(fn: str, name: str, value: Any, levels: int, cast: Callable[[Any], Any]) -> list:
     """A value per level (coarse to fine) from one value or a sequence of exactly ``levels`` values."""
     if isinstance(value, (list, tuple)):
         if len(value) != levels:
