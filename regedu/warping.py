@@ -166,20 +166,22 @@ def _normalised_axes(shape: tuple[int, ...], dtype: torch.dtype, device: torch.d
 _scratch = threading.local()
 
 
-def _scratch_buffer(like: torch.Tensor) -> torch.Tensor:
-    """A reusable buffer shaped like ``like`` (one per thread, the latest shape only), for grids that
-    nobody keeps: a fresh allocation of a large 3D grid costs more (page faults) than filling it."""
-    buf = getattr(_scratch, "buffer", None)
-    if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+def _scratch_buffer(like: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+    """A reusable grid buffer shaped like ``like`` (one per thread, the latest shape only), for grids that
+    nobody keeps: a fresh allocation of a large 3D grid costs more (page faults) than filling it.
+    Returns the buffer, its per-channel planes and its channel-last view (kept, not rebuilt per call)."""
+    entry = getattr(_scratch, "entry", None)
+    if entry is None or entry[0].shape != like.shape or entry[0].dtype != like.dtype or entry[0].device != like.device:
         buf = torch.empty_like(like, memory_format=torch.contiguous_format)
-        _scratch.buffer = buf
-    return buf
+        entry = (buf, buf.unbind(1), buf.movedim(1, -1))
+        _scratch.entry = entry
+    return entry
 
 
 def clear_cache() -> None:
     """Free the cached identity grids and this thread's scratch grid buffer (see :func:`warp`)."""
     _normalised_axes.cache_clear()
-    _scratch.buffer = None
+    _scratch.entry = None
 
 
 def _grid(dvf: torch.Tensor, scratch: bool = False) -> tuple[torch.Tensor, list[float]]:
@@ -190,12 +192,15 @@ def _grid(dvf: torch.Tensor, scratch: bool = False) -> tuple[torch.Tensor, list[
     writes) and handed to ``grid_sample`` as the channel-last view it expects (it reads any strides).
     ``scratch=True`` writes into the thread's reusable buffer (only for a grid used once, right away).
     """
-    ndim = dvf.dim() - 2
     axes = _normalised_axes(tuple(dvf.shape[2:]), dvf.dtype, dvf.device)
-    buf = _scratch_buffer(dvf) if scratch else torch.empty_like(dvf, memory_format=torch.contiguous_format)
-    for k, (coords, scale) in enumerate(axes):
-        torch.add(coords, dvf[:, k], alpha=scale, out=buf[:, ndim - 1 - k])
-    return buf.movedim(1, -1), [scale for _, scale in axes]
+    if scratch:
+        _, planes, grid = _scratch_buffer(dvf)
+    else:
+        buf = torch.empty_like(dvf, memory_format=torch.contiguous_format)
+        planes, grid = buf.unbind(1), buf.movedim(1, -1)
+    for (coords, scale), u_k, out in zip(axes, dvf.unbind(1), reversed(planes)):
+        torch.add(coords, u_k, alpha=scale, out=out)
+    return grid, [scale for _, scale in axes]
 
 
 class _DvfToGrid(torch.autograd.Function):
@@ -324,7 +329,7 @@ def warp(image: torch.Tensor, dvf: torch.Tensor, mode: str = "linear", padding_m
     if _plain_case(image, dvf, mode, padding_mode):
         # the common case, checked with a few attribute comparisons and one fused finiteness test;
         # anything unusual (including a non-finite sum, which may be an overflow) takes the full checks
-        if math.isfinite(image.detach().sum().item() + dvf.detach().sum().item()):
+        if math.isfinite(float(image.detach().sum()) + float(dvf.detach().sum())):
             if torch.is_grad_enabled() and (image.requires_grad or dvf.requires_grad):
                 return _LinearWarp.apply(image, dvf, padding_mode)
             grid = _grid(dvf, scratch=True)[0]  # used once: reuse the thread's buffer
