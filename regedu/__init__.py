@@ -5,7 +5,7 @@ voxels, channel ``k`` along tensor axis ``k``; warping pulls back, ``moved(x) = 
 affine matrices are homogeneous and map fixed voxels to moving voxels; ``align_corners=True``.
 """
 
-from . import data, fields, filters, regularisers, resampling, similarity, spatial_transformer, transforms, utils, warping
+from . import data, evaluation, fields, filters, regularisers, resampling, similarity, spatial_transformer, transforms, utils, warping
 from . import learning  # learning-based registration (networks, training loop, STN, learned similarity, RL)
 from .fields import (
     bspline_to_dvf,
@@ -19,6 +19,7 @@ from .fields import (
     random_bspline_dvf,
     random_dvf,
 )
+from .evaluation import EvaluationCard, evaluate, hausdorff95, measure, sdlogj
 from .registration import RegistrationResult, demons, register
 from .regularisers import bending_energy, diffusion
 from .similarity import (
@@ -41,11 +42,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     # modules
-    "data", "fields", "filters", "learning", "regularisers", "resampling", "similarity", "spatial_transformer",
+    "data", "evaluation", "fields", "filters", "learning", "regularisers", "resampling", "similarity", "spatial_transformer",
     "transforms", "utils", "warping",
     # fields
     "bspline_to_dvf", "compose", "dof", "endpoint_error", "folding_fraction", "integrate_velocity", "invert_dvf",
     "jacobian_determinant", "random_bspline_dvf", "random_dvf",
+    # evaluation card (Dice, HD95 mm, TRE mm, SDlogJ, folding, inverse consistency, time, memory)
+    "EvaluationCard", "evaluate", "hausdorff95", "measure", "sdlogj",
     # registration engines
     "RegistrationResult", "demons", "register",
     # regularisers
