@@ -340,8 +340,11 @@ class BatchGrader:
                 rows[:] = [r for r in rows if (r.student, r.assignment) != (row.student, row.assignment)] + [row]
                 if on_row is not None:
                     on_row(list(rows))
+            failed = [f"{g} ({q['feedback']})" for g, q in row.questions.items() if not q["passed"] and q["feedback"]]
+            detail = row.reason or (f"failed: {failed[0]}" + (f" and {len(failed) - 1} more" if len(failed) > 1 else "")
+                                    if failed else "")
             self.log(f"  {clean(row.student, 80)}/{row.assignment}: {row.total:g}/{row.max_total:g} {row.status}"
-                     f"{' - ' + clean(row.reason) if row.reason else ''} ({row.time_s:.1f} s)")
+                     f"{' - ' + clean(detail, 200) if detail else ''} ({row.time_s:.1f} s)")
 
         def task(sub) -> Row:
             student, assignment, nb, reason = sub

@@ -185,7 +185,8 @@ class Kernel:
         for _ in range(50):
             try:
                 for p in psutil.Process(self.proc.pid).children(recursive=True):
-                    if "ipykernel_launcher" in " ".join(p.cmdline()):
+                    # the kernel itself (bwrap's own processes carry the kernel's command line as arguments)
+                    if p.cmdline()[1:3] == ["-m", "ipykernel_launcher"]:
                         return p.pid
             except psutil.Error:
                 pass
