@@ -20,6 +20,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def autoencoder(images):
+    torch.manual_seed(0)
     ae = PatchAutoencoder(2, patch=7, features=8, hidden=32)
     losses = train_autoencoder(ae, images, steps=150, batch=128, seed=0)
     return ae, losses
@@ -34,8 +35,8 @@ def test_autoencoder_learns_to_reconstruct_patches(autoencoder, images):
     assert patches.shape == (64, 1, 7, 7)
     with torch.no_grad():
         rec = ae(patches)
-    # better than predicting every pixel of a patch by the patch mean
-    assert (rec - patches).pow(2).mean() < (patches - patches.mean((2, 3), keepdim=True)).pow(2).mean()
+    # the 8-number code keeps most of the 49-pixel patches' variance
+    assert (rec - patches).pow(2).mean() < 0.5 * patches.var()
 
 
 def test_dense_features_are_standardised_and_centred_on_their_voxel(autoencoder, images):

@@ -148,6 +148,7 @@ def feature_similarity(ae: PatchAutoencoder) -> Callable[..., torch.Tensor]:
     regulariser weight suits both). Differentiable with respect to ``moved``; the autoencoder is frozen."""
     ae.eval()
     ae.requires_grad_(False)
+    ae.zero_grad(set_to_none=True)
 
     def learned_feature_loss(fixed: torch.Tensor, moved: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         fixed, moved = check_pair("feature_similarity", "fixed", fixed, "moved", moved)
