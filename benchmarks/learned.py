@@ -159,14 +159,14 @@ def benchmark_2d(args, device: torch.device) -> bool:
 
     labels = {"identity": "identity (no registration)", **{k: v[1] for k, v in nets.items()}, "syn": "dipy SyN (CC)",
               "register": f"regedu.register({args.transform!r}, 'lncc')"}
-    print(f"{'method':34s} {'Dice':>7s} {'min Dice':>8s} {'folding %':>10s} {'CPU ms/pair':>12s} {'wall ms/pair':>13s}")
+    print(f"{'method':44s} {'Dice':>7s} {'min Dice':>8s} {'folding %':>10s} {'CPU ms/pair':>12s} {'wall ms/pair':>13s}")
     for key, r in rows.items():
         cpu = f"{1e3 * statistics.median(r['cpu']):10.2f}" if r["cpu"] else ""
         wall = f"{1e3 * statistics.median(r['wall']):11.2f}" if r["wall"] else ""
-        print(f"{labels[key]:34s} {statistics.mean(r['dice']):7.4f} {min(r['dice']):8.4f} {100 * max(r['fold']):10.4f} "
+        print(f"{labels[key]:44s} {statistics.mean(r['dice']):7.4f} {min(r['dice']):8.4f} {100 * max(r['fold']):10.4f} "
               f"{cpu:>12s} {wall:>13s}")
     for key in nets:
-        print(f"{labels[key] + ', one batch of all pairs':34s} {'':7s} {'':8s} {'':10s} {1e3 * batched[key]:10.2f}")
+        print(f"{labels[key] + ', one batch of all pairs':44s} {'':7s} {'':8s} {'':10s} {1e3 * batched[key]:10.2f}")
 
     syn_cpu = statistics.median(rows["syn"]["cpu"])
     reg_cpu = statistics.median(rows["register"]["cpu"])

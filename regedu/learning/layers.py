@@ -70,7 +70,7 @@ def check_features(fn: str, features: Sequence[int], minimum: int = 1, name: str
 # layers
 # --------------------------------------------------------------------------------------------
 
-def conv_class(ndim: int) -> type[nn.Module]:
+def conv_class(ndim: int) -> type[nn.Conv2d] | type[nn.Conv3d]:
     """``nn.Conv2d`` for ``ndim=2``, ``nn.Conv3d`` for ``ndim=3``."""
     ndim = check_ndim("networks", ndim)
     return nn.Conv2d if ndim == 2 else nn.Conv3d
@@ -153,6 +153,7 @@ class ConvRegressor(nn.Module):
         self.pool = (nn.AdaptiveAvgPool2d if ndim == 2 else nn.AdaptiveAvgPool3d)(pool)
         self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(c * pool**ndim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, out_features))
         last = self.mlp[-1]
+        assert isinstance(last, nn.Linear)
         nn.init.zeros_(last.weight)
         if init_bias is None:
             nn.init.zeros_(last.bias)

@@ -114,9 +114,11 @@ class UNet(nn.Module):
             c = d
         self.up = nn.ModuleList(ups)
         self.refine = ConvBlock(ndim, c, c, norm=norm)
-        self.head = conv(c, out_channels, kernel_size=3, padding=1)
-        nn.init.normal_(self.head.weight, std=final_init_std)
-        nn.init.zeros_(self.head.bias)
+        head = conv(c, out_channels, kernel_size=3, padding=1)
+        nn.init.normal_(head.weight, std=final_init_std)
+        assert head.bias is not None  # a convolution with bias (PyTorch's default)
+        nn.init.zeros_(head.bias)
+        self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = as_float("UNet", "x", check_image("UNet", "x", x, ndim=self.ndim), module_dtype(self))

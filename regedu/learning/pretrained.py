@@ -119,8 +119,8 @@ def load(name: str = "unsupervised-2d", device: str | torch.device | None = None
             raise ValueError(f"pretrained: weight {key!r} of {name!r} has shape {tuple(state[key].shape)}, the model "
                              f"{entry['class']} expects {tuple(tensor.shape)}")
     model.load_state_dict(state)
-    model.pretrained = entry
+    setattr(model, "pretrained", entry)  # noqa: B010 (nn.Module's attribute typing)
     if passes > 1:
         model = RegistrationChain([model] * passes)
-        model.pretrained = entry
+        setattr(model, "pretrained", entry)  # noqa: B010
     return model.to(torch.device(device) if device is not None else "cpu").eval()

@@ -48,12 +48,13 @@ class SpatialTransformer(nn.Module):
         ndim = check_ndim("SpatialTransformer", ndim)
         in_channels = check_channels("SpatialTransformer", "in_channels", in_channels)
         self.ndim = ndim
-        self.output_shape = None if output_shape is None else tuple(int(s) for s in output_shape)
+        out_shape = None if output_shape is None else tuple(int(s) for s in output_shape)
+        self.output_shape = out_shape
         eye = torch.eye(ndim, ndim + 1)
         self.localisation = ConvRegressor(ndim, in_channels, ndim * (ndim + 1), check_features("SpatialTransformer", features),
                                           hidden=hidden, pool=4, init_bias=eye)
         self.config = dict(ndim=ndim, in_channels=in_channels, features=list(features),
-                           output_shape=None if output_shape is None else list(self.output_shape), hidden=hidden)
+                           output_shape=None if out_shape is None else list(out_shape), hidden=hidden)
 
     def theta(self, x: torch.Tensor) -> torch.Tensor:
         r""":math:`\theta = f_{loc}(x)`, ``(B, ndim, ndim+1)`` in PyTorch's normalised coordinates."""

@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sized
 
 import torch
 import torch.nn as nn
@@ -170,7 +170,7 @@ class EpochBatches(Sampler[list[int]]):
             epoch, k = epoch + 1, 0
 
 
-def _train_batches(data: Any, batch_size: int, seed: int, start: int) -> tuple[Iterable, int | None]:
+def _train_batches(data: Any, batch_size: int, seed: int, start: int) -> tuple[Iterator[Any], int | None]:
     """``(an endless iterator of training batches starting at batch start, batches per epoch or None)``."""
     if isinstance(data, Dataset) and hasattr(data, "__len__"):
         if len(data) == 0:
@@ -178,7 +178,7 @@ def _train_batches(data: Any, batch_size: int, seed: int, start: int) -> tuple[I
         sampler = EpochBatches(len(data), batch_size, True, seed, start)
         return iter(DataLoader(data, batch_sampler=sampler, num_workers=0)), len(sampler)
     loader = _loader(data, batch_size, True, seed)
-    epoch_len = len(loader) if hasattr(loader, "__len__") else None
+    epoch_len = len(loader) if isinstance(loader, Sized) else None
     if epoch_len == 0:
         raise ValueError("train: data is empty (no batches); expected a Dataset or an iterable with at least one batch")
 
@@ -433,7 +433,7 @@ def train(
         validate(step)
     if checkpoint is not None:
         save_checkpoint(checkpoint, model, optimizer, history, config)
-    model.history = history
+    setattr(model, "history", history)  # noqa: B010 (nn.Module's attribute typing)
     return history
 
 
@@ -462,7 +462,8 @@ def _snapshot_batch(pair: Any, val_data: Any, device: torch.device, batch_dim: i
     if pair is None:
         if val_data is None:
             raise ValueError("train: snapshot_every needs a pair to record: give snapshot_pair=(fixed, moving) or val_data")
-        pair = val_data[0] if isinstance(val_data, (Dataset, list, tuple)) and len(val_data) else next(iter(val_data))
+        pair = val_data[0] if isinstance(val_data, (Dataset, list, tuple)) and isinstance(val_data, Sized) and len(val_data) \
+            else next(iter(val_data))
     if isinstance(pair, (tuple, list)) and len(pair) == 2:
         pair = {"fixed": pair[0], "moving": pair[1]}
     if not isinstance(pair, dict) or "fixed" not in pair or "moving" not in pair:
@@ -559,5 +560,5 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer:
         optimizer.load_state_dict(state["optimizer_state"])
     history = History.from_dict(state["history"])
     history.optimizer = optimizer
-    model.history = history
+    setattr(model, "history", history)  # noqa: B010 (nn.Module's attribute typing)
     return Checkpoint(model, optimizer, history, state["config"])
