@@ -13,8 +13,10 @@ pairs (``PairDataset(..., mode="eval")``: another deformation model and other se
 command and the held-out scores are written to ``manifest.json``, which
 :func:`regedu.learning.pretrained.load` reads.
 
-Deterministic for a given seed on one thread (the numbers may differ in the last digits across
-machines and torch versions).
+Seeded (``--seed``, default 0) and run on one thread. Measured for the shipped weights (2-core shared
+machine, torch 2.13 CPU): 6000 steps in 157 s CPU; held-out Dice 0.872 (identity 0.670), no folding,
+EPE 0.37 voxels; with ``regedu.learning.pretrained.load(..., passes=2)`` Dice 0.891 (dipy SyN: 0.891;
+``python benchmarks/learned.py``).
 """
 
 from __future__ import annotations
