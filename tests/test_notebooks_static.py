@@ -12,7 +12,7 @@ import pytest
 
 LECTURES = Path(__file__).resolve().parents[1] / "lectures"
 EXPECTED = ["01_recap", "02_dvfs", "03_deep_iterative", "04_supervised", "05_unsupervised", "06_stn"]
-NOTEBOOKS = sorted(LECTURES.glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted(LECTURES.glob("[0-9][0-9]*_*.ipynb"))   # 05_name and split parts 05b_name
 
 
 def load(path):
