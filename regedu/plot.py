@@ -233,15 +233,15 @@ def panels(images: Sequence[Any], titles: Sequence[str] | None = None, kinds: st
     n = len(images)
     if n == 0:
         raise ValueError("panels: images must contain at least one image")
-    titles = list(titles) if titles is not None else [None] * n
+    titles_: list[str | None] = list(titles) if titles is not None else [None] * n
     kinds = [kinds] * n if isinstance(kinds, str) else list(kinds)
     units = [units] * n if units is None or isinstance(units, str) else list(units)
-    for name, seq in (("titles", titles), ("kinds", kinds), ("units", units)):
+    for name, seq in (("titles", titles_), ("kinds", kinds), ("units", units)):
         if len(seq) != n:
             raise ValueError(f"panels: {name} must have one entry per image ({n}), got {len(seq)}")
     extra = sum(k != "image" for k in kinds) * 0.45
     fig, axes = plt.subplots(1, n, figsize=(size * n + extra, size), squeeze=False)
-    for ax, im, title, kind, unit in zip(axes[0], images, titles, kinds, units):
+    for ax, im, title, kind, unit in zip(axes[0], images, titles_, kinds, units):
         if kind == "labels":
             labelshow(ax, im, title=title)
         else:

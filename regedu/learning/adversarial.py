@@ -241,7 +241,7 @@ def train_adversarial(
         bar.close()
     if val_data is not None:
         history.append("val", {"step": steps, **evaluate(model, val_data, "unsupervised", device=device)})
-    model.history = history
+    setattr(model, "history", history)
     return history
 
 

@@ -89,8 +89,8 @@ def crop(batch: dict[str, Any], start: Sequence[int], size: Sequence[int]) -> di
     """The same spatial crop ``[start, start + size)`` of every tensor ``(..., *spatial)`` in a pair batch
     (images, labels, mask, and the displacement field, whose voxel values stay valid)."""
     ndim = len(size)
-    index = tuple(slice(a, a + s) for a, s in zip(start, size))
-    return {k: v[(..., *index)] if torch.is_tensor(v) and v.dim() >= ndim else v for k, v in batch.items()}
+    index: tuple[Any, ...] = (Ellipsis,) + tuple(slice(a, a + s) for a, s in zip(start, size))
+    return {k: v[index] if torch.is_tensor(v) and v.dim() >= ndim else v for k, v in batch.items()}
 
 
 class PatchDataset(Dataset):
@@ -148,7 +148,7 @@ def predict(model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor, patch_s
         weight = fixed.new_zeros(1, 1, *spatial)
         tiles = list(itertools.product(*(tile_starts(s, p, overlap) for s, p in zip(spatial, size))))
         for start in tiles:
-            index = (..., *(slice(a, a + p) for a, p in zip(start, size)))
+            index: tuple[Any, ...] = (Ellipsis,) + tuple(slice(a, a + p) for a, p in zip(start, size))
             u = model(fixed[index], moving[index])["dvf"]
             total[index] += w * u
             weight[index] += w

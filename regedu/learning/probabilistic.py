@@ -119,8 +119,10 @@ class ProbabilisticNet(nn.Module):
             raise ValueError(f"ProbabilisticNet: scale must be in (0, 1], got {scale!r}")
         self.ndim, self.channels, self.integration_steps, self.scale = ndim, channels, int(integration_steps), float(scale)
         self.unet = UNet(ndim, 2 * channels, 2 * ndim, features, final_init_std=final_init_std, norm=norm)
+        bias = self.unet.head.bias
+        assert bias is not None  # the U-Net's last convolution has a bias
         with torch.no_grad():
-            self.unet.head.bias[ndim:] = init_log_var
+            bias[ndim:] = init_log_var
         self.config = dict(ndim=ndim, channels=channels, features=list(features), integration_steps=int(integration_steps),
                            scale=float(scale), init_log_var=init_log_var, final_init_std=final_init_std, norm=norm)
 
