@@ -54,7 +54,8 @@ def main() -> None:
     p.add_argument("--keep", help="write submissions and gradebooks here (default: a temporary folder)")
     args = p.parse_args()
     rng = random.Random(0)
-    work = Path(args.keep or tempfile.mkdtemp(prefix="cw-bench-"))
+    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="cw-bench-")
+    work = Path(args.keep or tmp.name)
     subs = work / "submissions"
     expected = {}
     for i in range(args.n):
@@ -87,6 +88,8 @@ def main() -> None:
         wrong = {k: (expected[k], {j: s.get(k) for j, s in scores.items()}) for k in expected
                  if any(s.get(k) != expected[k] for s in scores.values())}
         sys.exit(f"mismatch (student: expected, by --jobs): {wrong}")
+    if tmp is not None:
+        tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -293,3 +293,10 @@ def test_scores_go_into_nbgraders_gradebook(tmp_path):
     with Gradebook(url) as gb:
         sub = gb.find_submission("a2_dvfs", "alice")
         assert sub.score == 4.0 and sub.max_score == 11.0      # q1 (2) + q2 (2) passed
+
+
+def test_the_fallback_says_it_is_weaker():
+    from coursework.grading.kernel import sandbox_description
+
+    assert "WEAKER" in sandbox_description("process")
+    assert "bubblewrap" in sandbox_description("bubblewrap") or "bubblewrap" in sandbox_description("process")
