@@ -109,3 +109,19 @@ def test_bad_seed_is_refused():
     a = torch.rand(1, 1, 8, 8)
     with pytest.raises(ValueError, match="seed"):
         regedu.mutual_information(a, a, samples=10, seed=1.5)
+
+
+def test_register_samples_mi_only_for_3d_levels_above_a_million_voxels():
+    from regedu.registration import engine
+
+    loss, name = engine._choose_similarity("register", "mi")
+    assert name == "mi"
+    g = torch.Generator().manual_seed(3)
+    small_2d = torch.rand(2, 1, 1, 256, 256, generator=g)[:, 0]
+    small_3d = torch.rand(2, 1, 1, 60, 60, 60, generator=g)[:, 0]
+    for a, b in (small_2d, small_3d):
+        assert torch.equal(loss(a[None], b[None]), S.mi_loss(a[None], b[None]))
+    side = round(engine.MI_SAMPLE_ABOVE ** (1 / 3)) + 1
+    a, b = torch.rand(2, 1, 1, side, side, side, generator=g)
+    assert torch.equal(loss(a, b), S.mi_loss(a, b, samples=engine.MI_SAMPLES))
+    assert not torch.equal(loss(a, b), S.mi_loss(a, b))
