@@ -111,10 +111,11 @@ def test_bad_seed_is_refused():
         regedu.mutual_information(a, a, samples=10, seed=1.5)
 
 
-def test_register_samples_mi_only_for_3d_levels_above_a_million_voxels():
+def test_register_samples_mi_only_for_matrix_models_on_3d_levels_above_a_million_voxels():
     from regedu.registration import engine
 
-    loss, name = engine._choose_similarity("register", "mi")
+    assert engine._choose_similarity("register", "mi") == (S.mi_loss, "mi")  # deformable models: every voxel
+    loss, name = engine._choose_similarity("register", "mi", sample_mi=True)
     assert name == "mi"
     g = torch.Generator().manual_seed(3)
     small_2d = torch.rand(2, 1, 1, 256, 256, generator=g)[:, 0]
@@ -125,3 +126,20 @@ def test_register_samples_mi_only_for_3d_levels_above_a_million_voxels():
     a, b = torch.rand(2, 1, 1, side, side, side, generator=g)
     assert torch.equal(loss(a, b), S.mi_loss(a, b, samples=engine.MI_SAMPLES))
     assert not torch.equal(loss(a, b), S.mi_loss(a, b))
+
+
+def test_register_uses_sampled_mi_with_affine_and_full_mi_with_bspline(monkeypatch):
+    from regedu.registration import engine
+
+    v = load_brain(4)  # 40 x 48 x 40
+    t2 = (v.tissues * torch.tensor([1.0, 0.55, 0.25]).reshape(1, 3, 1, 1, 1)).sum(1, keepdim=True)
+    moving = shifted(t2, 1.5)
+    results = {}
+    for above in (float("inf"), 10_000):  # every voxel, then sampling on levels above 10^4 voxels
+        monkeypatch.setattr(engine, "MI_SAMPLE_ABOVE", above)
+        for transform in ("affine", "bspline"):
+            r = regedu.register(v.image, moving, transform=transform, similarity="mi", iterations=5, levels=1,
+                                progress=False)
+            results[transform, above] = r.dvf
+    assert not torch.equal(results["affine", 10_000], results["affine", float("inf")])
+    assert torch.equal(results["bspline", 10_000], results["bspline", float("inf")])
