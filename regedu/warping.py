@@ -178,6 +178,16 @@ def _scratch_buffer(like: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tenso
     return entry
 
 
+def _adopt_scratch(tensor: torch.Tensor) -> None:
+    """Hand the thread's scratch buffer out for good (the caller returns it) and take ``tensor``'s memory,
+    which nobody else holds, as the next one (when it has the size and layout of a buffer; else none)."""
+    old = _scratch.entry[0]
+    _scratch.entry = None
+    if tensor.is_contiguous() and tensor.numel() == old.numel() and tensor.dtype == old.dtype and tensor.device == old.device:
+        buf = tensor.view(old.shape)
+        _scratch.entry = (buf, buf.unbind(1), buf.movedim(1, -1))
+
+
 def clear_cache() -> None:
     """Free the cached identity grids and this thread's scratch grid buffer (see :func:`warp`)."""
     _normalised_axes.cache_clear()
@@ -252,12 +262,17 @@ class _LinearWarp(torch.autograd.Function):
         grid, _ = _grid(dvf, scratch=True)
         op = torch.ops.aten.grid_sampler_2d_backward if image.dim() == 4 else torch.ops.aten.grid_sampler_3d_backward
         grad_image, grad_grid = op(grad_out, image, grid, 0, _PADDING_CODE[ctx.padding_mode], True, [need_image, need_dvf])
+        del grid
         grad_dvf = None
         if need_dvf:
+            # the scratch buffer is free again (the grid is no longer needed): the gradient goes there, and
+            # aten's freshly allocated grad_grid (same size, ours alone) becomes the thread's next scratch
+            # buffer, so no grid-sized tensor is allocated here (a large fresh one costs page faults)
+            grad_dvf, planes, _ = _scratch_buffer(dvf)
             ndim = dvf.dim() - 2
-            grad_dvf = torch.empty_like(dvf, memory_format=torch.contiguous_format)
             for k, scale in enumerate(ctx.scales):
-                torch.mul(grad_grid[..., ndim - 1 - k], scale, out=grad_dvf[:, k])
+                torch.mul(grad_grid[..., ndim - 1 - k], scale, out=planes[k])
+            _adopt_scratch(grad_grid)
         return (grad_image if need_image else None), grad_dvf, None
 
 

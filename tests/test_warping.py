@@ -139,3 +139,38 @@ def test_same_result_on_every_device(device):
     assert torch.allclose(out.cpu(), ref, atol=1e-4)
     det = regedu.jacobian_determinant(dvf.to(device)).cpu()
     assert torch.allclose(det, regedu.jacobian_determinant(dvf), atol=1e-4)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_warp_gradients_survive_later_warps_and_match_grid_sample(ndim):
+    """The backward pass hands out the thread's scratch buffer as the DVF gradient and takes aten's grid
+    gradient as the next buffer: gradients already returned must never change afterwards."""
+    import torch.nn.functional as F
+    from regedu.warping import dvf_to_grid
+
+    shape = (12, 10) if ndim == 2 else (6, 7, 5)
+    g = torch.Generator().manual_seed(4)
+    img = torch.rand(1, 2, *shape, generator=g)
+    u1, u2 = (2 * torch.rand(1, ndim, *shape, generator=g) - 1 for _ in range(2))
+
+    def reference(u):
+        u = u.clone().requires_grad_(True)
+        F.grid_sample(img, dvf_to_grid(u), mode="bilinear", padding_mode="border", align_corners=True).pow(2).sum().backward()
+        return u.grad
+
+    # non-leaf fields (as from a network), whose gradients a hook keeps: the very tensors the warp returned
+    leaf_a, leaf_b = u1.clone().requires_grad_(True), u2.clone().requires_grad_(True)
+    a, b = leaf_a * 1, leaf_b * 1
+    grads = []
+    a.register_hook(grads.append)
+    b.register_hook(grads.append)
+    (regedu.warp(img, a).pow(2).sum() + regedu.warp(img, b).pow(2).sum()).backward()  # two warps, one graph
+    assert len(grads) == 2 and grads[0].data_ptr() != grads[1].data_ptr()
+    kept = [gr.clone() for gr in grads]
+    for _ in range(3):  # later calls reuse the scratch buffer, forward and backward
+        c = u2.clone().requires_grad_(True)
+        regedu.warp(img, c).sum().backward()
+        with torch.no_grad():
+            regedu.warp(img, u1)
+    assert all(torch.equal(gr, k) for gr, k in zip(grads, kept))
+    assert torch.allclose(leaf_a.grad, reference(u1), atol=1e-5) and torch.allclose(leaf_b.grad, reference(u2), atol=1e-5)
