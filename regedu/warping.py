@@ -252,7 +252,8 @@ class _LinearWarp(torch.autograd.Function):
         grid, ctx.scales = _grid(dvf, scratch=True)
         ctx.padding_mode = padding_mode
         ctx.save_for_backward(image, dvf)
-        return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+        # what F.grid_sample(mode="bilinear", align_corners=True) calls, without its Python-level checks
+        return torch.grid_sampler(image, grid, 0, _PADDING_CODE[padding_mode], True)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -348,7 +349,7 @@ def warp(image: torch.Tensor, dvf: torch.Tensor, mode: str = "linear", padding_m
             if torch.is_grad_enabled() and (image.requires_grad or dvf.requires_grad):
                 return _LinearWarp.apply(image, dvf, padding_mode)
             grid = _grid(dvf, scratch=True)[0]  # used once: reuse the thread's buffer
-            return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+            return torch.grid_sampler(image, grid, 0, _PADDING_CODE[padding_mode], True)  # = F.grid_sample, bilinear
     image = check_image("warp", "image", image)
     dvf = check_dvf("warp", "dvf", dvf)
     check_same_spatial("warp", "image", image, "dvf", dvf, hint="resample one of them first (regedu.resize / regedu.resize_dvf)")
