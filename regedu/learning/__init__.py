@@ -17,16 +17,26 @@ Quick start (2D brain slices, about half a minute on one CPU core)::
     history.plot()                                                # loss, Dice, folding per validation
     out = net(fixed, moving)                                      # {"dvf", "moved", ...}
 
-Objectives: ``"supervised"``, ``"weak"``, ``"unsupervised"``, ``"diffeomorphic"``, ``"cycle"``,
-``"classification"``, ``"regression"`` (:mod:`.objectives`); models: :mod:`.networks`, :mod:`.stn`,
-:mod:`.similarity_net`, :mod:`.rl`; the loop, validation and checkpoints: :mod:`.train`.
+Objectives: ``"supervised"``, ``"weak"``, ``"unsupervised"``, ``"diffeomorphic"``, ``"cycle"``
+(CycleMorph's image-space cycle consistency), ``"inverse_consistent"`` (round-trip displacement),
+``"classification"``, ``"regression"`` (:mod:`.objectives`); the building blocks: :mod:`.layers`;
+models: :mod:`.networks`, :mod:`.stn`, :mod:`.similarity_net`, :mod:`.rl` (rigid and deformable
+agents), :mod:`.features` (autoencoder features as a similarity), :mod:`.error_estimation`,
+:mod:`.probabilistic` (variational registration), :mod:`.adversarial` (discriminators as alignment
+judge or deformation regulariser), :mod:`.patches` (patch-based training, tiled inference);
+shipped weights: :mod:`.pretrained`; the loop, validation and checkpoints: :mod:`.train`.
 """
 
-from .networks import AffineNet, ConvBlock, IdentityNet, RegistrationChain, RegistrationNet, UNet, build_model, multi_stage
+from . import error_estimation, layers, pretrained
+from .adversarial import AlignmentDiscriminator, DeformationDiscriminator, alignment_score, train_adversarial
+from .features import PatchAutoencoder, feature_similarity, train_autoencoder
+from .layers import ConvBlock, build_model, register_model, strided_encoder
+from .networks import AffineNet, IdentityNet, RegistrationChain, RegistrationNet, UNet, multi_stage
 from .objectives import (
     Classification,
     CycleConsistent,
     Diffeomorphic,
+    InverseConsistent,
     Objective,
     Regression,
     Supervised,
@@ -35,18 +45,41 @@ from .objectives import (
     get_objective,
     registration_metrics,
 )
+from .patches import PatchDataset, blend_window, predict, tile_starts
+from .probabilistic import Probabilistic, ProbabilisticNet, kl_divergence
+from .rl import (
+    ActionAgent,
+    AgentResult,
+    DeformableAgent,
+    DeformablePairs,
+    QNetwork,
+    RigidAgent,
+    RigidPairs,
+    deformation_modes,
+    train_agent,
+)
+from .similarity_net import MisalignedPairs, SimilarityNet, train_similarity
 from .stn import CNNClassifier, SpatialTransformer, STNClassifier
 from .train import Checkpoint, History, evaluate, load_checkpoint, save_checkpoint, train
 
 __all__ = [
-    "UNet", "RegistrationNet", "AffineNet", "IdentityNet", "RegistrationChain", "multi_stage", "ConvBlock", "build_model",
-    "Objective", "Supervised", "WeaklySupervised", "Unsupervised", "Diffeomorphic", "CycleConsistent", "Classification",
-    "Regression", "get_objective", "registration_metrics",
+    # building blocks and networks
+    "layers", "ConvBlock", "strided_encoder", "register_model", "build_model",
+    "UNet", "RegistrationNet", "AffineNet", "IdentityNet", "RegistrationChain", "multi_stage",
+    # objectives
+    "Objective", "Supervised", "WeaklySupervised", "Unsupervised", "Diffeomorphic", "CycleConsistent",
+    "InverseConsistent", "Classification", "Regression", "get_objective", "registration_metrics",
+    # the training loop
+    "train", "evaluate", "History", "Checkpoint", "save_checkpoint", "load_checkpoint", "pretrained",
+    # spatial transformer networks
     "SpatialTransformer", "STNClassifier", "CNNClassifier",
-    "train", "evaluate", "History", "Checkpoint", "save_checkpoint", "load_checkpoint",
+    # deep iterative: learned similarity, error estimation, autoencoder features, agents
+    "SimilarityNet", "MisalignedPairs", "train_similarity", "error_estimation",
+    "PatchAutoencoder", "feature_similarity", "train_autoencoder",
+    "ActionAgent", "RigidAgent", "DeformableAgent", "QNetwork", "RigidPairs", "DeformablePairs", "AgentResult",
+    "deformation_modes", "train_agent",
+    # probabilistic and adversarial registration, patches
+    "ProbabilisticNet", "Probabilistic", "kl_divergence",
+    "AlignmentDiscriminator", "DeformationDiscriminator", "alignment_score", "train_adversarial",
+    "PatchDataset", "predict", "tile_starts", "blend_window",
 ]
-
-from .rl import AgentResult, QNetwork, RigidAgent, RigidPairs, train_agent  # noqa: E402
-from .similarity_net import MisalignedPairs, SimilarityNet, train_similarity  # noqa: E402
-
-__all__ += ["RigidAgent", "QNetwork", "RigidPairs", "AgentResult", "train_agent", "SimilarityNet", "MisalignedPairs", "train_similarity"]
