@@ -1,6 +1,6 @@
 """Train the pretrained registration networks shipped in ``regedu/learning/weights/``.
 
-    python scripts/train_weights.py                      # the default (CPU, 2D) model, a few minutes of CPU
+    python scripts/train_weights.py                      # the default (CPU, 2D) model, about 6 minutes of CPU
     python scripts/train_weights.py --steps 600 --out /tmp/w   # a quick try, written elsewhere
 
 The default model, ``"unsupervised-2d"``: a VoxelMorph-style :class:`regedu.learning.RegistrationNet`
@@ -14,9 +14,9 @@ command and the held-out scores are written to ``manifest.json``, which
 :func:`regedu.learning.pretrained.load` reads.
 
 Seeded (``--seed``, default 0) and run on one thread. Measured for the shipped weights (2-core shared
-machine, torch 2.13 CPU): 6000 steps in 157 s CPU; held-out Dice 0.872 (identity 0.670), no folding,
-EPE 0.37 voxels; with ``regedu.learning.pretrained.load(..., passes=2)`` Dice 0.891 (dipy SyN: 0.891;
-``python benchmarks/learned.py``).
+machine, torch 2.13 CPU): 15000 steps in 350 s CPU; held-out Dice 0.883 (identity 0.670, dipy SyN 0.891),
+no folding, EPE 0.32 voxels; with ``regedu.learning.pretrained.load(..., passes=2)`` Dice 0.899
+(``python benchmarks/learned.py``). 6000 steps (157 s CPU) gave Dice 0.872.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ MODELS = {
         model=dict(ndim=2, channels=1, features=[16, 32, 32, 32], scale=0.5, norm="instance"),
         data=dict(size=64, plane="axial"),
         objective=dict(similarity="lncc", regulariser="diffusion", weight=0.5),
-        steps=6000, batch_size=4, lr=3e-3,
+        steps=15000, batch_size=4, lr=3e-3,
     ),
 }
 
