@@ -108,7 +108,7 @@ def check_same_spatial(fn: str, name_a: str, a: torch.Tensor, name_b: str, b: to
         )
 
 
-def check_choice(fn: str, name: str, value: object, choices: Sequence[str]) -> str:
+def check_choice(fn: str, name: str, value: Any, choices: Sequence[Any]) -> Any:
     """Raise unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{fn}: {name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")

@@ -312,7 +312,7 @@ def test_deformable_history_records_the_weighted_regulariser(deformed_pair):
     r = register(p["fixed"], p["moving"], transform="dense", similarity="mse", regulariser="diffusion", weight=0.5,
                  levels=1, iterations=5, progress=False)
     h = r.history
-    assert all(abs(l - (s + g)) < 1e-6 for l, s, g in zip(h["loss"], h["similarity"], h["regulariser"]))
+    assert all(abs(total - (s + g)) < 1e-6 for total, s, g in zip(h["loss"], h["similarity"], h["regulariser"]))
     assert max(h["regulariser"]) > 0
     off = register(p["fixed"], p["moving"], transform="dense", regulariser=None, levels=1, iterations=3, progress=False)
     assert off.history["regulariser"] == [0.0, 0.0, 0.0]

@@ -235,6 +235,7 @@ def _disk_save(resolution: int, vol: Volume) -> None:
     folder = _cache_dir()
     if folder is None:
         return
+    assert vol.tissues is not None, "the template always carries its tissue maps"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".mni152_2009a_{resolution}mm_v2.{os.getpid()}.npz"
@@ -362,7 +363,7 @@ def brain_slice(
     M[3, 3] = 1.0
     sl = Volume(
         image=cut(vol.image), labels=cut(vol.labels), affine=vol.affine @ M,
-        spacing=(vol.spacing[ra], vol.spacing[ca]), tissues=cut(vol.tissues),
+        spacing=(vol.spacing[ra], vol.spacing[ca]), tissues=None if vol.tissues is None else cut(vol.tissues),
         name=f"{vol.name}, {plane} slice {index}",
     )
     if size is not None:

@@ -92,7 +92,7 @@ def _nonneg(fn: str, name: str, value: object, allow_none: bool = False) -> None
         raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {value!r}")
 
 
-def _amplitudes(fn: str, amplitude: float | Sequence[float], batch: int, like: torch.Tensor) -> torch.Tensor:
+def _amplitudes(fn: str, amplitude: float | Sequence[float] | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
     a = torch.as_tensor(amplitude, dtype=like.dtype).to(like.device).reshape(-1)
     if a.numel() == 1:
         a = a.expand(batch)
@@ -132,7 +132,7 @@ def _smoothing_matrix(n_out: int, n_coarse: int, sigma: float) -> torch.Tensor:
 
 def random_velocity(
     shape: Sequence[int],
-    max_velocity: float | Sequence[float],
+    max_velocity: float | Sequence[float] | torch.Tensor,
     model: str = "svf",
     smoothness: float | None = None,
     spacing: float | None = None,
@@ -246,7 +246,7 @@ def _affine_after(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def bias_field(
     shape: Sequence[int],
-    strength: float | Sequence[float],
+    strength: float | Sequence[float] | torch.Tensor,
     seed: int | torch.Generator = 0,
     batch: int = 1,
     points: int = 4,
@@ -485,7 +485,7 @@ class PairDataset(Dataset):
         if modality == "t2":
             if not isinstance(source, Volume):
                 raise ValueError("PairDataset: modality='t2' needs a Volume source (tissue labels define the contrast)")
-            self._t2 = t2_like(source).to(device)
+            self._t2: torch.Tensor | None = t2_like(source).to(device)
         else:
             self._t2 = None
         self.image = image.to(device)
@@ -499,7 +499,7 @@ class PairDataset(Dataset):
         self.affine, self.modality = float(affine), modality
         self.intensity = {"gamma": gamma, "bias": bias, "noise": noise}
         self._stream = _gen(self.seed)
-        self._worker = None
+        self._worker: int | None = None
 
     def __len__(self) -> int:
         return self.size

@@ -44,7 +44,7 @@ def true_error_map(dvf: torch.Tensor, dvf_true: torch.Tensor) -> torch.Tensor:
 def pool_to(error: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Average ``error`` ``(B, 1, *spatial)`` over the cells of a coarser grid ``size`` (the network's output grid)."""
     pool = F.adaptive_avg_pool2d if error.dim() == 4 else F.adaptive_avg_pool3d
-    return pool(error, tuple(int(s) for s in size))
+    return pool(error, tuple(int(s) for s in size))  # type: ignore[arg-type]
 
 
 def calibration(predicted: torch.Tensor, true: torch.Tensor, bins: int = 8) -> dict[str, torch.Tensor]:

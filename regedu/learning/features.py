@@ -50,6 +50,10 @@ class PatchAutoencoder(nn.Module):
         ndim: 2 or 3. patch: patch size (odd, >= 3). features: code size :math:`K`. hidden: hidden units.
     """
 
+    mean: torch.Tensor  # buffers (typed for mypy: nn.Module's attributes are Tensor | Module)
+    std: torch.Tensor
+    intensity_var: torch.Tensor
+
     def __init__(self, ndim: int = 2, patch: int = 7, features: int = 16, hidden: int = 64):
         super().__init__()
         fn = "PatchAutoencoder"
@@ -109,7 +113,7 @@ def random_patches(images: torch.Tensor, n: int, patch: int, generator: torch.Ge
     out = []
     for i in range(n):
         sl = tuple(slice(int(st[i]), int(st[i]) + patch) for st in starts)
-        out.append(images[int(idx[i])][(slice(None), *sl)])
+        out.append(images[int(idx[i])][(slice(None),) + sl])
     return torch.stack(out)
 
 

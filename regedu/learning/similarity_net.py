@@ -73,7 +73,7 @@ class SimilarityNet(nn.Module):
         return resize(e, shape=tuple(fixed.shape[2:]))
 
     def _pooled_mask(self, mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(mask, size) if self.ndim == 2 else F.adaptive_avg_pool3d(mask, size)
+        return F.adaptive_avg_pool2d(mask, size) if self.ndim == 2 else F.adaptive_avg_pool3d(mask, size)  # type: ignore[arg-type]
 
     def error(self, fixed: torch.Tensor, moved: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean predicted misalignment per pair, ``(B,)`` voxels (inside ``mask`` if given)."""
@@ -137,11 +137,11 @@ class MisalignedPairs(Dataset):
         self.rigid = check_number(fn, "rigid", rigid, low=0, high=1)
         self.max_rotation = check_number(fn, "max_rotation", max_rotation, low=0)
         self.seed = None if seed is None else check_number(fn, "seed", seed, low=0, integer=True)
-        if len(pairs) == 0:
+        if len(pairs) == 0:  # type: ignore[arg-type]  # a map-style dataset with __len__
             raise ValueError(f"{fn}: pairs is empty; expected a registration dataset with at least one item")
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.pairs)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = self.pairs[i]
@@ -161,7 +161,7 @@ class MisalignedPairs(Dataset):
         for _ in range(self.halvings):
             out = [(s + 1) // 2 for s in out]  # the size after a stride-2, padding-1 convolution
         pool = F.adaptive_avg_pool2d if len(shape) == 2 else F.adaptive_avg_pool3d
-        target = pool(magnitude(v)[:, None], out)
+        target = pool(magnitude(v)[:, None], out)  # type: ignore[arg-type]
         return {"fixed": fixed[0], "moving": moved[0], "target": target[0]}
 
 
