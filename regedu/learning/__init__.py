@@ -30,7 +30,7 @@ shipped weights: :mod:`.pretrained`; the loop, validation and checkpoints: :mod:
 from . import error_estimation, layers, pretrained
 from .adversarial import AlignmentDiscriminator, DeformationDiscriminator, alignment_score, train_adversarial
 from .features import PatchAutoencoder, feature_similarity, train_autoencoder
-from .layers import ConvBlock, build_model, register_model, strided_encoder
+from .layers import ConvBlock, ConvRegressor, build_model, register_model, strided_encoder
 from .networks import AffineNet, IdentityNet, RegistrationChain, RegistrationNet, UNet, multi_stage
 from .objectives import (
     Classification,
@@ -40,6 +40,7 @@ from .objectives import (
     Objective,
     Regression,
     Supervised,
+    UnknownKeywordError,
     Unsupervised,
     WeaklySupervised,
     get_objective,
@@ -64,11 +65,11 @@ from .train import Checkpoint, History, evaluate, load_checkpoint, save_checkpoi
 
 __all__ = [
     # building blocks and networks
-    "layers", "ConvBlock", "strided_encoder", "register_model", "build_model",
+    "layers", "ConvBlock", "ConvRegressor", "strided_encoder", "register_model", "build_model",
     "UNet", "RegistrationNet", "AffineNet", "IdentityNet", "RegistrationChain", "multi_stage",
     # objectives
     "Objective", "Supervised", "WeaklySupervised", "Unsupervised", "Diffeomorphic", "CycleConsistent",
-    "InverseConsistent", "Classification", "Regression", "get_objective", "registration_metrics",
+    "InverseConsistent", "Classification", "Regression", "get_objective", "registration_metrics", "UnknownKeywordError",
     # the training loop
     "train", "evaluate", "History", "Checkpoint", "save_checkpoint", "load_checkpoint", "pretrained",
     # spatial transformer networks
