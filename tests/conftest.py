@@ -82,20 +82,8 @@ collect_ignore_glob = ["grader_fixtures/*", "**/grader_fixtures/*"]
 _SLOW_PATHS = ("test_grader", "browser/")
 
 
-def _accelerators() -> list[str]:
-    import torch
-
-    found = []
-    if torch.cuda.is_available():
-        found.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        found.append("mps")
-    return found
-
-
 def pytest_collection_modifyitems(config, items):
-    have_gpu = bool(_accelerators())
+    have_gpu = len(regedu.utils.available_devices()) > 1  # more than the CPU
     for item in items:
         path = str(item.fspath).replace("\\", "/")
         if path.endswith(".ipynb") or any(part in path for part in _SLOW_PATHS) or item.get_closest_marker("browser"):

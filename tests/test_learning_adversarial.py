@@ -17,12 +17,7 @@ from regedu.learning.adversarial import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the shared one-thread fixture (conftest.py)
 
 
 def test_losses_are_binary_cross_entropy():

@@ -10,12 +10,7 @@ from regedu import data, learning
 from regedu.learning.probabilistic import Probabilistic, ProbabilisticNet, kl_divergence, prior_variance
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the shared one-thread fixture (conftest.py)
 
 
 def test_kl_is_minimal_at_the_prior_variance():
