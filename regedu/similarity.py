@@ -166,8 +166,12 @@ def lncc(
         n: torch.Tensor | float = float(window**ndim)
     else:  # number of voxels inside each window (fewer at the border)
         n = box_sum(torch.ones_like(fixed[:1, :1]), window)
-    sf, sm = box_sum(fixed, window), box_sum(moving, window)
-    sff, smm, sfm = box_sum(fixed * fixed, window), box_sum(moving * moving, window), box_sum(fixed * moving, window)
+    # the five local sums in one pass (one box sum over the stacked maps: a fifth of the operations, which
+    # is what small images and the backward pass pay for)
+    if fixed.shape != moving.shape:  # a batch of 1 against a batch of B
+        fixed, moving = torch.broadcast_tensors(fixed, moving)
+    sf, sm, sff, smm, sfm = box_sum(torch.cat([fixed, moving, fixed * fixed, moving * moving, fixed * moving], 1),
+                                    window).chunk(5, 1)
     cross = sfm - sf * sm / n
     var_f = (sff - sf * sf / n).clamp_min(0)
     var_m = (smm - sm * sm / n).clamp_min(0)

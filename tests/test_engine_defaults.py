@@ -12,7 +12,7 @@ import torch
 import regedu
 import regedu.data as data
 from regedu.registration import register
-from regedu.registration.engine import DEFAULT_SIMILARITY
+from regedu.registration.engine import DEFAULT_MATRIX_SIMILARITY, DEFAULT_SIMILARITY
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,18 @@ def _dice(item: dict, dvf: torch.Tensor) -> float:
 
 
 def test_the_default_similarity_is_the_recommended_one():
-    assert DEFAULT_SIMILARITY == "lncc"
-    assert inspect.signature(register).parameters["similarity"].default is None  # None = DEFAULT_SIMILARITY
+    assert DEFAULT_SIMILARITY == "lncc" and DEFAULT_MATRIX_SIMILARITY == "ncc"
+    assert inspect.signature(register).parameters["similarity"].default is None  # None = the model's default
+
+
+def test_matrix_models_default_to_ncc_and_deformable_ones_to_lncc(pairs):
+    item = pairs[0]
+    f, m = item["fixed"], item["moving"]
+    for transform, name, other in (("rigid", "ncc", "lncc"), ("affine", "ncc", "lncc"), ("bspline", "lncc", "ncc")):
+        default = register(f, m, transform=transform, iterations=3, progress=False)
+        named = register(f, m, transform=transform, similarity=name, iterations=3, progress=False)
+        assert torch.equal(default.dvf, named.dvf), transform
+        assert not torch.equal(default.dvf, register(f, m, transform=transform, similarity=other, iterations=3, progress=False).dvf)
 
 
 @pytest.mark.parametrize("transform", ["bspline", "svf"])

@@ -17,7 +17,7 @@ principal axes, coarse exhaustive search).
 """
 
 from .demons import demons
-from .engine import DEFAULT_SIMILARITY, DEFAULT_WEIGHTS, DEFAULTS, LevelObjective, RegistrationPlan, optimise, register, run_level
+from .engine import DEFAULT_MATRIX_SIMILARITY, DEFAULT_SIMILARITY, DEFAULT_WEIGHTS, DEFAULTS, LevelObjective, RegistrationPlan, optimise, register, run_level
 from .history import HistoryRecorder
 from .initialisation import centre_of_mass, exhaustive_search, moments_initialisation, principal_axes
 from .models import (
@@ -39,7 +39,7 @@ from .result import RegistrationResult
 __all__ = [
     "register", "RegistrationResult", "demons", "DEFAULTS", "DEFAULT_WEIGHTS", "MODELS", "TransformationModel",
     "TranslationModel", "RigidModel", "AffineModel", "BSplineModel", "DenseModel", "SVFModel", "rescale_matrix",
-    "smooth", "DEFAULT_SIMILARITY", "RegistrationPlan", "ImagePair", "check_pair", "LevelObjective", "run_level",
+    "smooth", "DEFAULT_SIMILARITY", "DEFAULT_MATRIX_SIMILARITY", "RegistrationPlan", "ImagePair", "check_pair", "LevelObjective", "run_level",
     "optimise", "HistoryRecorder",
     # point-based registration and initialisation
     "fit_points", "fiducial_registration_error", "target_errors", "expected_fre", "expected_tre",

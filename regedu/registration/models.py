@@ -37,6 +37,7 @@ from torch import nn
 from .. import transforms
 from ..fields import bspline_grid_shape, bspline_to_dvf, integrate_velocity
 from ..filters import gaussian_blur
+from ..regularisers import bending_energy, bspline_regulariser, diffusion
 from ..resampling import coarse_shape
 from ..spatial_transformer import affine_to_dvf, resize_dvf
 
@@ -100,6 +101,11 @@ class TransformationModel(nn.Module):
         """``(displacement, regularised field)`` on the current grid, computing shared work once."""
         u = self.displacement()
         return u, u
+
+    def regulariser_value(self, regulariser) -> torch.Tensor | None:
+        """``regulariser(regularised_field(), reduction="none")`` computed without the dense field where the
+        model knows how (``None``: it does not, the caller evaluates the regulariser on the field)."""
+        return None
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, full_shape={self.full_shape}, batch={self.batch}"
@@ -399,22 +405,35 @@ class BSplineModel(TransformationModel):
             return self.shape
         return grid
 
-    def _displacement_from(self, v: torch.Tensor) -> torch.Tensor:
+    def _displacement_from(self, v: torch.Tensor | None) -> torch.Tensor:
+        """The displacement of the level's field ``v`` (``None``: computed here where it is needed)."""
         if not self.diffeomorphic:
-            return v
+            return self._field() if v is None else v
         grid = self._velocity_grid()
         if grid == self.shape:
-            return integrate_velocity(v, self.steps)
+            return integrate_velocity(self._field() if v is None else v, self.steps)
         # the coefficients are in voxels of the level: express the velocity in voxels of the coarser grid
-        f = torch.tensor(grid_scaling(grid, self.shape), dtype=v.dtype, device=v.device).reshape(1, -1, *([1] * self.ndim))
+        c = self.coefficients
+        f = torch.tensor(grid_scaling(grid, self.shape), dtype=c.dtype, device=c.device).reshape(1, -1, *([1] * self.ndim))
         u = integrate_velocity(self._field(grid) * f, self.steps)
         return resize_dvf(u, self.shape)
 
     def displacement(self) -> torch.Tensor:
+        if self.diffeomorphic and self._velocity_grid() != self.shape:
+            return self._displacement_from(None)  # integrated on the coarser grid: the level's field is not needed
         return self._displacement_from(self._field())
 
     def regularised_field(self) -> torch.Tensor:
         return self._field()
+
+    def regulariser_value(self, regulariser) -> torch.Tensor | None:
+        """Bending energy and diffusion of the level's B-spline field, computed exactly on the control grid
+        (:func:`regedu.regularisers.bspline_regulariser`: equal to the dense values to rounding, and 15x
+        cheaper in 3D); ``None`` for any other regulariser."""
+        kind = {bending_energy: "bending", diffusion: "diffusion"}.get(regulariser)
+        if kind is None:
+            return None
+        return bspline_regulariser(self.coefficients, self.shape, self.level_spacing(self.shape), kind, reduction="none")
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         v = self._field()  # the regulariser acts on the field (the velocity) on the level's grid
