@@ -45,3 +45,36 @@ def test_regularisers_are_differentiable_and_batched():
     assert per.shape == (3,)
     (regedu.diffusion(u) + per.sum()).backward()
     assert torch.isfinite(u.grad).all() and u.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape, spacing", [((40, 36), 4.0), ((24, 20), (2.0, 3.5)), ((2, 9), 1.0), ((12, 10, 9), 3.0),
+                                             ((3, 9, 9), (1.0, 2.0, 2.0))])
+@pytest.mark.parametrize("kind, dense", [("bending", regedu.regularisers.bending_energy), ("diffusion", regedu.regularisers.diffusion)])
+def test_bspline_regulariser_equals_the_dense_value_and_gradient(shape, spacing, kind, dense):
+    from regedu.fields import bspline_grid_shape, bspline_to_dvf
+    from regedu.regularisers import bspline_regulariser
+
+    torch.manual_seed(0)
+    c = torch.randn(2, len(shape), *bspline_grid_shape(shape, spacing), dtype=torch.float64, requires_grad=True)
+    want = dense(bspline_to_dvf(c, shape, spacing), reduction="none")
+    got = bspline_regulariser(c, shape, spacing, kind, reduction="none")
+    assert want.shape == got.shape == (2,)
+    assert torch.allclose(got, want, rtol=1e-10, atol=1e-12), (got, want)
+    (g_want,) = torch.autograd.grad(want.sum(), c)
+    (g_got,) = torch.autograd.grad(got.sum(), c)
+    assert torch.allclose(g_got, g_want, rtol=1e-8, atol=1e-14)
+
+
+def test_bspline_regulariser_is_zero_for_an_affine_field_and_checks_its_input():
+    from regedu.fields import bspline_grid_shape
+    from regedu.regularisers import bspline_regulariser
+
+    grid = bspline_grid_shape((32, 32), 4.0)
+    pos = (torch.arange(grid[0], dtype=torch.float32) - 1) * 4.0  # control point positions in voxels
+    c = torch.stack([0.3 * pos[:, None].expand(grid) + 20.0, -0.2 * pos[None, :].expand(grid)])[None]  # an affine field
+    assert float(bspline_regulariser(c, (32, 32), 4.0, "bending")) < 1e-8
+    assert float(bspline_regulariser(c, (32, 32), 4.0, "diffusion")) > 1e-3  # not constant: diffusion sees it
+    with pytest.raises(ValueError, match=r"bspline_regulariser: coefficients must have shape \(B, 2, 11, 11\) .* got \(1, 2, 11, 10\)"):
+        bspline_regulariser(c[..., :-1], (32, 32), 4.0)
+    with pytest.raises(ValueError, match="bspline_regulariser: kind must be one of"):
+        bspline_regulariser(c, (32, 32), 4.0, kind="elastic")
