@@ -169,6 +169,8 @@ def test_landscape_mi_peaks_at_true_alignment_across_modalities_but_ssd_does_not
     ssd = w.landscapes["multi"]["ssd"]
     assert ssd[zero] > ssd[zero - 1] and ssd[zero] > ssd[zero + 1]  # true alignment is a local *maximum* of SSD
     assert (0.0,) not in w.optima["multi"]["ssd"] and w.best["multi"]["ssd"] in w.optima["multi"]["ssd"]
+    # the caption names the parameter of each optimum (no raw tuples)
+    assert "best at SSD: rotation = 0; NCC: rotation = 0; MI: rotation = 0" in w.info.value and "(0.0,)" not in w.info.value
 
 
 def test_landscape_slider_only_moves_the_marker_and_values_match_direct_evaluation(monkeypatch):

@@ -300,7 +300,8 @@ class SimilarityLandscape(FigureWidget):
         where = ", ".join(f"{p} = {v:.3g}" for p, v in zip(self.parameters, values))
         rows = "".join(
             f"<tr><td>{pair}-modal</td>" + "".join(f"<td style='padding:0 10px'>{m.upper()} = {current[pair][m]:.4g}</td>" for m in MEASURES)
-            + "<td>best at " + "; ".join(f"{m.upper()}: {self.best[pair][m]}" for m in MEASURES) + "</td></tr>"
+            + "<td>best at " + "; ".join(f"{m.upper()}: " + ", ".join(f"{p} = {float(v):.3g}" for p, v in zip(self.parameters, self.best[pair][m]))
+                                         for m in MEASURES) + "</td></tr>"
             for pair in ("mono", "multi")
         )
         self.info.value = f"<div>at {where}</div><table style='font-family:monospace'>{rows}</table>"
