@@ -289,6 +289,7 @@ def test_playback_at_snapshot_k_shows_snapshot_k():
         np.testing.assert_allclose(d["dvf"], snaps[k][1][0].numpy())
         np.testing.assert_allclose(d["difference"], (img - snaps[k][0])[0, 0].numpy(), atol=1e-6)
         assert f"epoch {k}" in w.info.value
+        assert w.info.value.startswith(f"snapshot {k} (of 0-3")  # the caption counts as the slider does
     with pytest.raises(ValueError, match="snapshot must be between 0 and 3, got 4"):
         w.set(snapshot=4)
 

@@ -226,7 +226,7 @@ class RegistrationPlayback(FigureWidget):
             self._loss_marker.set_data([it], [loss])
         mse = float(np.mean(diff ** 2))
         self.info.value = (
-            f"snapshot {k + 1} of {len(self.moved)} &nbsp; {self.xlabel} {it}"
+            f"snapshot {k} (of 0-{len(self.moved) - 1}, as on the slider) &nbsp; {self.xlabel} {it}"
             + (f" &nbsp; loss = {loss:.5g}" if loss is not None else "")
             + f" &nbsp; MSE(F, M∘φ) = {mse:.5g}"
             + (f" &nbsp; max |u| = {np.sqrt((u ** 2).sum(0)).max():.2f} voxels" if u is not None else "")
