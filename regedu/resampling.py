@@ -13,6 +13,8 @@ the registration engine's pyramid.
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import torch
@@ -82,11 +84,23 @@ def resize_dvf(dvf: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     shape = tuple(int(s) for s in shape)
     if len(shape) != ndim or min(shape) < 1:
         raise ValueError(f"resize_dvf: shape must have {ndim} positive entries for a {ndim}D field, got {shape}")
+    return _resize_dvf(dvf, shape)
+
+
+def _resize_dvf(dvf: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """:func:`resize_dvf` without the checks (for a checked field, e.g. inside a network's forward pass).
+
+    The components are rescaled before the interpolation (both are linear), on the smaller of the grids."""
+    ndim = dvf.dim() - 2
     interp = "bilinear" if ndim == 2 else "trilinear"
     work = dvf.float() if dvf.dtype in HALF_DTYPES else dvf
-    out = F.interpolate(work, size=shape, mode=interp, align_corners=True)
     factors = torch.tensor([(n - 1) / (o - 1) if o > 1 else 1.0 for n, o in zip(shape, dvf.shape[2:])], dtype=work.dtype, device=dvf.device)
-    return (out * factors.reshape(1, ndim, *([1] * ndim))).to(dvf.dtype)
+    scale = factors.reshape(1, ndim, *([1] * ndim))
+    if math.prod(shape) <= math.prod(dvf.shape[2:]):
+        out = F.interpolate(work, size=shape, mode=interp, align_corners=True) * scale
+    else:
+        out = F.interpolate(work * scale, size=shape, mode=interp, align_corners=True)
+    return out.to(dvf.dtype)
 
 
 def image_pyramid(image: torch.Tensor, levels: int, factor: float = 2.0, smooth: bool = True) -> list[torch.Tensor]:

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from .. import transforms
 from .._checks import as_float, check_image, check_number, check_pair
 from ..fields import compose, integrate_velocity
-from ..spatial_transformer import affine_to_dvf, affine_warp, resize, resize_dvf, warp
+from ..spatial_transformer import affine_to_dvf, affine_warp, resize, warp
+from ..resampling import _resize_dvf
 from .layers import (
     ConvBlock,
     ConvRegressor,
@@ -122,6 +123,10 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = as_float("UNet", "x", check_image("UNet", "x", x, ndim=self.ndim), module_dtype(self))
+        return self.body(x)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` without the input checks, for an input already checked (e.g. by a registration network)."""
         skips = [self.inc(x)]
         for block in self.down:
             skips.append(block(skips[-1]))
@@ -190,7 +195,7 @@ class RegistrationNet(nn.Module):
         shape = tuple(fixed.shape[2:])
         if self.scale != 1.0:
             x = resize(x, scale=self.scale)
-        field = self.unet(x)
+        field = self.unet.body(x)  # x is checked (pair_input)
         out: dict[str, Any] = {}
         if self.diffeomorphic:
             out["velocity"] = field
@@ -199,7 +204,7 @@ class RegistrationNet(nn.Module):
             dvf = field
         out["regularise"] = [field]
         if tuple(dvf.shape[2:]) != shape:
-            dvf = resize_dvf(dvf, shape)
+            dvf = _resize_dvf(dvf, shape)  # the network's own output: no input checks
         out["dvf"] = dvf
         out["moved"] = warp(moving, dvf)
         return out
