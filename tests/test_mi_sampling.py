@@ -119,7 +119,7 @@ def test_register_samples_mi_only_for_matrix_models_on_3d_levels_above_a_million
     assert name == "mi"
     g = torch.Generator().manual_seed(3)
     small_2d = torch.rand(2, 1, 1, 256, 256, generator=g)[:, 0]
-    small_3d = torch.rand(2, 1, 1, 60, 60, 60, generator=g)[:, 0]
+    small_3d = torch.rand(2, 1, 1, 24, 24, 24, generator=g)[:, 0]  # 13824 voxels, below MI_SAMPLE_ABOVE
     for a, b in (small_2d, small_3d):
         assert torch.equal(loss(a[None], b[None]), S.mi_loss(a[None], b[None]))
     side = round(engine.MI_SAMPLE_ABOVE ** (1 / 3)) + 1
