@@ -321,6 +321,18 @@ def _plain_case(image: object, dvf: object, mode: str, padding_mode: str) -> boo
     )
 
 
+def _warp_checked_inputs(image: torch.Tensor, dvf: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
+    """Linear :func:`warp` of inputs the caller knows to be finite (e.g. the repeated squarings of a checked
+    velocity field, whose every step is finite when its input is): the same result without the finiteness
+    test (a pass over both tensors and a synchronisation per call). Anything but the plain case takes
+    :func:`warp`'s full path."""
+    if not _plain_case(image, dvf, "linear", padding_mode):
+        return warp(image, dvf, padding_mode=padding_mode)
+    if torch.is_grad_enabled() and (image.requires_grad or dvf.requires_grad):
+        return _LinearWarp.apply(image, dvf, padding_mode)
+    return torch.grid_sampler(image, _grid(dvf, scratch=True)[0], 0, _PADDING_CODE[padding_mode], True)
+
+
 def warp(image: torch.Tensor, dvf: torch.Tensor, mode: str = "linear", padding_mode: str = "border") -> torch.Tensor:
     r"""Warp ``image`` by the displacement field ``dvf`` (pull-back): ``moved(x) = image(x + dvf(x))``.
 

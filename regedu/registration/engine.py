@@ -39,6 +39,7 @@ from ..fields import compose
 from ..regularisers import get_regulariser
 from ..similarity import LOSSES, get_loss, mi_loss
 from ..spatial_transformer import affine_to_dvf, affine_warp, resize_dvf, warp
+from ..warping import _warp_checked_inputs
 from .history import HistoryRecorder
 from .models import MODELS, SVFModel, TransformationModel, rescale_matrix
 from .planning import (
@@ -315,10 +316,12 @@ def transformed(model: TransformationModel, moving: torch.Tensor, init, with_fie
     if model.parametric:
         moved = affine_warp(moving, _total_matrix(_level_matrix(model), init))
         return moved, model.displacement() if with_field else None
+    # the moving image was checked when the registration started and the parameters are finite (every
+    # gradient is checked before a step), so the displacement is too: warp without its input test
     if not with_field:
-        return warp(moving, _total_displacement(model.displacement(), init)), None
+        return _warp_checked_inputs(moving, _total_displacement(model.displacement(), init)), None
     u, field = model()
-    return warp(moving, _total_displacement(u, init)), field
+    return _warp_checked_inputs(moving, _total_displacement(u, init)), field
 
 
 def full_resolution(plan: RegistrationPlan, model: TransformationModel, moving: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
