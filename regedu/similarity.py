@@ -28,6 +28,8 @@ losses in float32 too); float64 stays float64.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from functools import lru_cache
 from typing import Callable, Sequence
 
@@ -161,22 +163,50 @@ def lncc(
         raise ValueError(f"lncc: window must be a positive odd integer, got {window!r}")
     check_number("lncc", "eps", eps, low=0)
     check_choice("lncc", "border", border, LNCC_BORDERS)
+    return _reduce("lncc", _masked_mean(_lncc_map(fixed, moving, window, eps, border), mask), reduction, out)
+
+
+_lncc_fixed = threading.local()  # the fixed image's local statistics, for the next call with the same image
+
+
+def _fixed_statistics(fixed: torch.Tensor, window: int, n: torch.Tensor | float, border: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(local sum, local variance)`` of the fixed image: recomputed only when the image (the same tensor,
+    unchanged since: same storage and version counter), the window or the border rule changes. A registration
+    evaluates the similarity many times against one fixed image per level, so these are computed once."""
+    if fixed.requires_grad and torch.is_grad_enabled():
+        sf, sff = box_sum(torch.cat([fixed, fixed * fixed], 1), window).chunk(2, 1)
+        return sf, (sff - sf * sf / n).clamp_min(0)
+    key = (fixed.data_ptr(), fixed._version, tuple(fixed.shape), tuple(fixed.stride()), fixed.dtype, fixed.device, window, border)
+    entry = getattr(_lncc_fixed, "entry", None)
+    if entry is not None and entry[0] == key and entry[1]() is fixed:
+        return entry[2]
+    sf, sff = box_sum(torch.cat([fixed, fixed * fixed], 1), window).chunk(2, 1)
+    stats = (sf, (sff - sf * sf / n).clamp_min(0))
+    _lncc_fixed.entry = (key, weakref.ref(fixed), stats)
+    return stats
+
+
+def _lncc_map(fixed: torch.Tensor, moving: torch.Tensor, window: int, eps: float, border: str) -> torch.Tensor:
+    """The LNCC map ``(B, C, *spatial)`` of checked inputs (see :func:`lncc`)."""
     ndim = fixed.dim() - 2
     if border == "zeros":
         n: torch.Tensor | float = float(window**ndim)
     else:  # number of voxels inside each window (fewer at the border)
         n = box_sum(torch.ones_like(fixed[:1, :1]), window)
-    # the five local sums in one pass (one box sum over the stacked maps: a fifth of the operations, which
-    # is what small images and the backward pass pay for)
-    if fixed.shape != moving.shape:  # a batch of 1 against a batch of B
-        fixed, moving = torch.broadcast_tensors(fixed, moving)
-    sf, sm, sff, smm, sfm = box_sum(torch.cat([fixed, moving, fixed * fixed, moving * moving, fixed * moving], 1),
-                                    window).chunk(5, 1)
+    sf, var_f = _fixed_statistics(fixed, window, n, border)
+    fm = fixed * moving  # broadcasts a batch of 1 against a batch of B
+    m = moving if moving.shape == fm.shape else moving.expand_as(fm)
+    # the moving image's three local sums in one box sum over the stacked maps (a third of the operations)
+    sm, smm, sfm = box_sum(torch.cat([m, m * m, fm], 1), window).chunk(3, 1)
     cross = sfm - sf * sm / n
-    var_f = (sff - sf * sf / n).clamp_min(0)
     var_m = (smm - sm * sm / n).clamp_min(0)
-    cc = (cross * cross / (var_f * var_m + eps)).clamp(0.0, 1.0)
-    return _reduce("lncc", _masked_mean(cc, mask), reduction, out)
+    return (cross * cross / (var_f * var_m + eps)).clamp(0.0, 1.0)
+
+
+def _lncc_loss_checked_inputs(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`lncc_loss` with its defaults, for inputs already checked (``register``'s inner loop: the images
+    are checked once when the registration starts, and every moved image is finite)."""
+    return -_masked_mean(_lncc_map(fixed, moving, 9, 1e-5, "zeros"), mask).mean()
 
 
 def lncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, window: int = 9,

@@ -178,3 +178,21 @@ def test_get_loss_names_and_callables():
     assert S.get_loss("mi")(a, b).item() == pytest.approx(-regedu.mutual_information(a, b).item())
     custom = lambda f, m, mask=None: (f - m).abs().mean()  # noqa: E731
     assert S.get_loss(custom) is custom
+
+
+def test_lncc_reuses_the_fixed_statistics_only_for_the_same_unchanged_image():
+    # the fixed image's local statistics are kept for the next call; any change to the image must be seen
+    g = torch.Generator().manual_seed(0)
+    f, m = torch.rand(1, 1, 20, 18, generator=g), torch.rand(1, 1, 20, 18, generator=g)
+    first = regedu.lncc(f, m)
+    assert torch.equal(regedu.lncc(f, m), first)
+    assert torch.allclose(regedu.lncc(f.clone(), m), first)
+    f.mul_(0.5).add_(torch.rand(1, 1, 20, 18, generator=g))  # in place: same storage, new version
+    fresh = f.clone()
+    assert torch.equal(regedu.lncc(f, m), regedu.lncc(fresh, m)) and not torch.allclose(regedu.lncc(f, m), first)
+    assert not torch.allclose(regedu.lncc(f, m, window=5), regedu.lncc(f, m))  # the window is part of the key
+    assert not torch.allclose(regedu.lncc(f, m, border="inside"), regedu.lncc(f, m))
+    # a fixed image that needs a gradient gets one (nothing cached)
+    fg = f.clone().requires_grad_(True)
+    regedu.lncc(fg, m).backward()
+    assert fg.grad is not None and bool(torch.isfinite(fg.grad).all()) and float(fg.grad.abs().sum()) > 0

@@ -39,6 +39,7 @@ from ..fields import compose
 from ..regularisers import get_regulariser
 from ..similarity import LOSSES, get_loss, mi_loss
 from ..spatial_transformer import affine_to_dvf, affine_warp, resize_dvf, warp
+from ..similarity import _lncc_loss_checked_inputs
 from ..warping import _warp_checked_inputs
 from .history import HistoryRecorder
 from .models import MODELS, SVFModel, TransformationModel, rescale_matrix
@@ -179,6 +180,8 @@ def _choose_similarity(fn: str, similarity, sample_mi: bool = False) -> tuple[Ca
         raise ValueError(f"{fn}: similarity must be one of {', '.join(repr(k) for k in LOSSES)} or a callable loss(fixed, moved, mask=None), got {similarity!r}")
     if similarity.lower() == "mi" and sample_mi:
         return _mi_loss_sampled_when_large, "mi"
+    if similarity.lower() == "lncc":
+        return _lncc_loss_checked_inputs, "lncc"  # the same loss; the images are checked once, in check_pair
     return get_loss(similarity.lower()), similarity.lower()
 
 
