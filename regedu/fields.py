@@ -256,6 +256,11 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
     velocity = check_dvf("integrate_velocity", "velocity", velocity)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"integrate_velocity: steps must be a non-negative integer, got {steps!r}")
+    return _integrate(velocity, steps)
+
+
+def _integrate(velocity: torch.Tensor, steps: int) -> torch.Tensor:
+    """:func:`integrate_velocity` of a checked velocity (e.g. a B-spline model's own field)."""
     u = velocity / (2**steps)
     for _ in range(steps):  # finite in, finite out: the squarings skip warp's input test
         u = u + _warp_checked_inputs(u, u, padding_mode="border")

@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from .. import transforms
-from ..fields import bspline_grid_shape, bspline_to_dvf, integrate_velocity
+from ..fields import _integrate, bspline_grid_shape, bspline_to_dvf, integrate_velocity
 from ..filters import gaussian_blur
 from ..regularisers import bending_energy, bspline_regulariser, diffusion
-from ..resampling import coarse_shape
+from ..resampling import _resize_dvf, coarse_shape
 from ..spatial_transformer import affine_to_dvf, resize_dvf
 
 
@@ -411,12 +411,12 @@ class BSplineModel(TransformationModel):
             return self._field() if v is None else v
         grid = self._velocity_grid()
         if grid == self.shape:
-            return integrate_velocity(self._field() if v is None else v, self.steps)
+            return _integrate(self._field() if v is None else v, self.steps)
         # the coefficients are in voxels of the level: express the velocity in voxels of the coarser grid
         c = self.coefficients
         f = torch.tensor(grid_scaling(grid, self.shape), dtype=c.dtype, device=c.device).reshape(1, -1, *([1] * self.ndim))
-        u = integrate_velocity(self._field(grid) * f, self.steps)
-        return resize_dvf(u, self.shape)
+        u = _integrate(self._field(grid) * f, self.steps)  # the model's own finite field: no input checks
+        return _resize_dvf(u, self.shape)
 
     def displacement(self) -> torch.Tensor:
         if self.diffeomorphic and self._velocity_grid() != self.shape:
