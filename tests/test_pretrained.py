@@ -124,3 +124,21 @@ def test_two_passes_refine_the_registration():
     assert d2["dice"] > d1["dice"] + 0.005 and d2["folding"] == 0.0, (d1["dice"], d2["dice"])
     with pytest.raises(ValueError, match=r"pretrained: passes must be >= 1, got 0"):
         pretrained.load(NAME, passes=0)
+
+
+def test_the_instructor_modes_3d_weights_load_and_register_a_held_out_volume():
+    from regedu.data import load_brain
+
+    name = "unsupervised-3d"
+    entry = pretrained.info(name)
+    path = pretrained.WEIGHTS_DIR / entry["file"]
+    assert path.stat().st_size < 5_000_000 and pretrained.sha256(path) == entry["sha256"]
+    net = pretrained.load(name)
+    assert net.config["ndim"] == 3 and entry["config"] == net.config
+    pairs = PairDataset(load_brain(resolution=2, size=(80, 96, 80)), mode="eval", size=1)
+    scores = L.evaluate(net, pairs, "unsupervised", batch_size=1)
+    ident = L.evaluate(L.IdentityNet(), pairs, "unsupervised", batch_size=1)
+    assert scores["dice"] > ident["dice"] + 0.05, (scores["dice"], ident["dice"])
+    assert scores["folding"] < 1e-3
+    # the first of the manifest's evaluation pairs is one of the pairs its recorded result averages
+    assert abs(scores["dice"] - entry["result"]["dice"]) < 0.1
