@@ -14,7 +14,6 @@ the registration engine's pyramid.
 from __future__ import annotations
 
 import math
-
 from typing import Sequence
 
 import torch

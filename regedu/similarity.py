@@ -125,14 +125,15 @@ def ncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | Non
 
 
 LNCC_BORDERS = ("zeros", "inside")
+LNCC_WINDOW, LNCC_EPS = 9, 1e-5  # the defaults of lncc / lncc_loss (VoxelMorph's and MONAI's)
 
 
 def lncc(
     fixed: torch.Tensor,
     moving: torch.Tensor,
     mask: torch.Tensor | None = None,
-    window: int = 9,
-    eps: float = 1e-5,
+    window: int = LNCC_WINDOW,
+    eps: float = LNCC_EPS,
     reduction: str = "mean",
     border: str = "zeros",
 ) -> torch.Tensor:
@@ -173,15 +174,17 @@ def _fixed_statistics(fixed: torch.Tensor, window: int, n: torch.Tensor | float,
     """``(local sum, local variance)`` of the fixed image: recomputed only when the image (the same tensor,
     unchanged since: same storage and version counter), the window or the border rule changes. A registration
     evaluates the similarity many times against one fixed image per level, so these are computed once."""
-    if fixed.requires_grad and torch.is_grad_enabled():
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
         sf, sff = box_sum(torch.cat([fixed, fixed * fixed], 1), window).chunk(2, 1)
         return sf, (sff - sf * sf / n).clamp_min(0)
+
+    if fixed.requires_grad and torch.is_grad_enabled():
+        return compute()  # part of a graph: never cached
     key = (fixed.data_ptr(), fixed._version, tuple(fixed.shape), tuple(fixed.stride()), fixed.dtype, fixed.device, window, border)
     entry = getattr(_lncc_fixed, "entry", None)
     if entry is not None and entry[0] == key and entry[1]() is fixed:
         return entry[2]
-    sf, sff = box_sum(torch.cat([fixed, fixed * fixed], 1), window).chunk(2, 1)
-    stats = (sf, (sff - sf * sf / n).clamp_min(0))
+    stats = compute()
     _lncc_fixed.entry = (key, weakref.ref(fixed), stats)
     return stats
 
@@ -206,10 +209,10 @@ def _lncc_map(fixed: torch.Tensor, moving: torch.Tensor, window: int, eps: float
 def _lncc_loss_checked_inputs(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`lncc_loss` with its defaults, for inputs already checked (``register``'s inner loop: the images
     are checked once when the registration starts, and every moved image is finite)."""
-    return -_masked_mean(_lncc_map(fixed, moving, 9, 1e-5, "zeros"), mask).mean()
+    return -_masked_mean(_lncc_map(fixed, moving, LNCC_WINDOW, LNCC_EPS, "zeros"), mask).mean()
 
 
-def lncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, window: int = 9,
+def lncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None, window: int = LNCC_WINDOW,
               reduction: str = "mean", border: str = "zeros") -> torch.Tensor:
     """Loss ``-lncc(fixed, moving)``, in ``[-1, 0]`` (-1 is best); VoxelMorph's and MONAI's loss by default."""
     return -lncc(fixed, moving, mask, window=window, reduction=reduction, border=border)

@@ -341,6 +341,14 @@ def _linear_warp_with_grad(image: torch.Tensor, dvf: torch.Tensor, padding_mode:
     return _LinearWarp.apply(image, dvf, padding_mode)
 
 
+def _plain_linear_warp(image: torch.Tensor, dvf: torch.Tensor, padding_mode: str) -> torch.Tensor:
+    """Linear warp of a checked plain case (:func:`_plain_case`, finite inputs)."""
+    if torch.is_grad_enabled() and (image.requires_grad or dvf.requires_grad):
+        return _linear_warp_with_grad(image, dvf, padding_mode)
+    grid = _grid(dvf, scratch=True)[0]  # used once: reuse the thread's buffer
+    return torch.grid_sampler(image, grid, 0, _PADDING_CODE[padding_mode], True)  # = F.grid_sample, bilinear
+
+
 def _warp_checked_inputs(image: torch.Tensor, dvf: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
     """Linear :func:`warp` of inputs the caller knows to be finite (e.g. the repeated squarings of a checked
     velocity field, whose every step is finite when its input is): the same result without the finiteness
@@ -348,9 +356,7 @@ def _warp_checked_inputs(image: torch.Tensor, dvf: torch.Tensor, padding_mode: s
     :func:`warp`'s full path."""
     if not _plain_case(image, dvf, "linear", padding_mode):
         return warp(image, dvf, padding_mode=padding_mode)
-    if torch.is_grad_enabled() and (image.requires_grad or dvf.requires_grad):
-        return _linear_warp_with_grad(image, dvf, padding_mode)
-    return torch.grid_sampler(image, _grid(dvf, scratch=True)[0], 0, _PADDING_CODE[padding_mode], True)
+    return _plain_linear_warp(image, dvf, padding_mode)
 
 
 def warp(image: torch.Tensor, dvf: torch.Tensor, mode: str = "linear", padding_mode: str = "border") -> torch.Tensor:
@@ -378,10 +384,7 @@ def warp(image: torch.Tensor, dvf: torch.Tensor, mode: str = "linear", padding_m
         # the common case, checked with a few attribute comparisons and one fused finiteness test;
         # anything unusual (including a non-finite sum, which may be an overflow) takes the full checks
         if math.isfinite(float(image.detach().sum()) + float(dvf.detach().sum())):
-            if torch.is_grad_enabled() and (image.requires_grad or dvf.requires_grad):
-                return _linear_warp_with_grad(image, dvf, padding_mode)
-            grid = _grid(dvf, scratch=True)[0]  # used once: reuse the thread's buffer
-            return torch.grid_sampler(image, grid, 0, _PADDING_CODE[padding_mode], True)  # = F.grid_sample, bilinear
+            return _plain_linear_warp(image, dvf, padding_mode)
     image = check_image("warp", "image", image)
     dvf = check_dvf("warp", "dvf", dvf)
     check_same_spatial("warp", "image", image, "dvf", dvf, hint="resample one of them first (regedu.resize / regedu.resize_dvf)")

@@ -37,9 +37,8 @@ from torch import nn
 from .._checks import check_affine, check_dvf, check_same_device
 from ..fields import compose
 from ..regularisers import get_regulariser
-from ..similarity import LOSSES, get_loss, mi_loss
+from ..similarity import LOSSES, _lncc_loss_checked_inputs, get_loss, mi_loss
 from ..spatial_transformer import affine_to_dvf, affine_warp, resize_dvf, warp
-from ..similarity import _lncc_loss_checked_inputs
 from ..warping import _warp_checked_inputs
 from .history import HistoryRecorder
 from .models import MODELS, SVFModel, TransformationModel, rescale_matrix
@@ -321,9 +320,7 @@ def transformed(model: TransformationModel, moving: torch.Tensor, init, with_fie
         return moved, model.displacement() if with_field else None
     # the moving image was checked when the registration started and the parameters are finite (every
     # gradient is checked before a step), so the displacement is too: warp without its input test
-    if not with_field:
-        return _warp_checked_inputs(moving, _total_displacement(model.displacement(), init)), None
-    u, field = model()
+    u, field = model() if with_field else (model.displacement(), None)
     return _warp_checked_inputs(moving, _total_displacement(u, init)), field
 
 

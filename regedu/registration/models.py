@@ -419,9 +419,7 @@ class BSplineModel(TransformationModel):
         return _resize_dvf(u, self.shape)
 
     def displacement(self) -> torch.Tensor:
-        if self.diffeomorphic and self._velocity_grid() != self.shape:
-            return self._displacement_from(None)  # integrated on the coarser grid: the level's field is not needed
-        return self._displacement_from(self._field())
+        return self._displacement_from(None)  # builds the level's field only where it is used
 
     def regularised_field(self) -> torch.Tensor:
         return self._field()
