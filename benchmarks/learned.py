@@ -91,11 +91,11 @@ def network_times(net: torch.nn.Module, item: dict, device: torch.device, repeat
 def train_network(steps: int, seed: int, device: torch.device) -> torch.nn.Module:
     """The network of ``scripts/train_weights.py`` ("unsupervised-2d"), trained here from scratch."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from train_weights import MODELS
+    from train_weights import MODELS, template
 
     spec = MODELS["unsupervised-2d"]
     regedu.seed_everything(seed, deterministic=False)
-    train_set = PairDataset(brain_slice(spec["data"]["plane"], size=spec["data"]["size"]), mode="train", size=10**9, seed=seed)
+    train_set = PairDataset(template(spec), mode="train", size=10**9, seed=seed)
     net = L.RegistrationNet(**spec["model"])
     opt = torch.optim.Adam(net.parameters(), lr=spec["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
