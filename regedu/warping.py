@@ -238,43 +238,63 @@ _PADDING_CODE = {"zeros": 0, "border": 1, "reflection": 2}  # aten's grid_sample
 
 
 class _LinearWarp(torch.autograd.Function):
-    """``grid_sample(image, dvf_to_grid(dvf))`` (bilinear/trilinear) as one autograd node that keeps no grid.
+    """``grid_sample(image, dvf_to_grid(dvf))`` (bilinear/trilinear) as one autograd node.
 
-    The grid is written into the thread's scratch buffer in the forward pass and rebuilt there in the
+    2D: the grid is kept for the backward pass (it is small: a 256 x 256 grid is 0.5 MB). 3D: no grid is
+    kept; it is written into the thread's scratch buffer in the forward pass and rebuilt there in the
     backward pass (one cheap pass), so neither pass allocates a fresh grid-sized tensor: for a large 3D
-    field a fresh allocation (page faults) costs more than filling it. Saves only ``image`` and ``dvf``,
-    which the caller holds anyway. The backward pass is aten's own ``grid_sampler_*d_backward``,
-    followed by the voxel scaling of :class:`_DvfToGrid`.
+    field a fresh allocation (page faults) costs more than filling it. The backward pass is aten's own
+    ``grid_sampler_*d_backward``, followed by the voxel scaling of :class:`_DvfToGrid`, which also moves
+    the gradient from grid_sample's channel-last layout to the DVF's channel-first one (a strided copy:
+    the largest part of the remaining cost against a bare ``grid_sample``, see ``benchmarks/warp.py``).
+
+    Only first derivatives. A plain backward pass runs :meth:`_gradients` directly; one asked for a graph
+    (``create_graph=True``) runs it through ``once_differentiable``, so differentiating the gradients raises
+    a clear error instead of giving wrong second derivatives (the wrapper costs ~5 % of a 2D warp's
+    forward+backward, so the common case skips it).
     """
 
     @staticmethod
     def forward(ctx, image: torch.Tensor, dvf: torch.Tensor, padding_mode: str) -> torch.Tensor:  # type: ignore[override]
-        grid, ctx.scales = _grid(dvf, scratch=True)
-        ctx.padding_mode = padding_mode
-        ctx.save_for_backward(image, dvf)
+        keep = image.dim() == 4
+        grid, ctx.scales = _grid(dvf, scratch=not keep)
+        ctx.padding_mode, ctx.kept_grid = padding_mode, keep
+        ctx.save_for_backward(image, grid if keep else dvf)
         # what F.grid_sample(mode="bilinear", align_corners=True) calls, without its Python-level checks
         return torch.grid_sampler(image, grid, 0, _PADDING_CODE[padding_mode], True)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        image, dvf = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            return _LinearWarp._gradients_once(ctx, grad_out)
+        return _LinearWarp._gradients(ctx, grad_out)
+
+    @staticmethod
+    def _gradients(ctx, grad_out: torch.Tensor):
+        image, saved = ctx.saved_tensors
         need_image, need_dvf = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-        grid, _ = _grid(dvf, scratch=True)
+        grid = saved if ctx.kept_grid else _grid(saved, scratch=True)[0]
         op = torch.ops.aten.grid_sampler_2d_backward if image.dim() == 4 else torch.ops.aten.grid_sampler_3d_backward
         grad_image, grad_grid = op(grad_out, image, grid, 0, _PADDING_CODE[ctx.padding_mode], True, [need_image, need_dvf])
         del grid
         grad_dvf = None
         if need_dvf:
-            # the scratch buffer is free again (the grid is no longer needed): the gradient goes there, and
-            # aten's freshly allocated grad_grid (same size, ours alone) becomes the thread's next scratch
-            # buffer, so no grid-sized tensor is allocated here (a large fresh one costs page faults)
-            grad_dvf, planes, _ = _scratch_buffer(dvf)
-            ndim = dvf.dim() - 2
+            ndim = image.dim() - 2
+            if ctx.kept_grid:
+                grad_dvf = torch.empty(grad_grid.shape[0], ndim, *grad_grid.shape[1:-1], dtype=grad_grid.dtype, device=grad_grid.device)
+                planes: Sequence[torch.Tensor] = grad_dvf.unbind(1)
+            else:
+                # the scratch buffer is free again (the grid is no longer needed): the gradient goes there, and
+                # aten's freshly allocated grad_grid (same size, ours alone) becomes the thread's next scratch
+                # buffer, so no grid-sized tensor is allocated here (a large fresh one costs page faults)
+                grad_dvf, planes, _ = _scratch_buffer(saved)
             for k, scale in enumerate(ctx.scales):
                 torch.mul(grad_grid[..., ndim - 1 - k], scale, out=planes[k])
-            _adopt_scratch(grad_grid)
+            if not ctx.kept_grid:
+                _adopt_scratch(grad_grid)
         return (grad_image if need_image else None), grad_dvf, None
+
+    _gradients_once = staticmethod(torch.autograd.function.once_differentiable(_gradients.__func__))
 
 
 def dvf_to_grid(dvf: torch.Tensor) -> torch.Tensor:
@@ -322,9 +342,9 @@ def _plain_case(image: object, dvf: object, mode: str, padding_mode: str) -> boo
 
 
 #: below this many voxels a warp that needs gradients is built from plain torch operations (their backward
-#: runs in C++), above it :class:`_LinearWarp` (no grid kept, one scratch buffer): for small 2D grids the
-#: Python backward of the custom function costs more than it saves (measured: 48 x 40 field 140 vs 198 us
-#: forward+backward; 256 x 256 image 942 vs 754 us)
+#: runs in C++), above it :class:`_LinearWarp`: for small grids the Python backward of the custom function
+#: costs more than it saves (measured forward+backward, one thread: 48 x 40 132 vs 158 us, 80 x 96 226 vs
+#: 223 us, 256 x 256 1238 vs 1022 us; 16^3 419 vs 432 us, 24^3 1217 vs 1173 us)
 SMALL_WARP_VOXELS = 10_000
 
 

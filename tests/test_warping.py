@@ -141,14 +141,16 @@ def test_same_result_on_every_device(device):
     assert torch.allclose(det, regedu.jacobian_determinant(dvf), atol=1e-4)
 
 
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_warp_gradients_survive_later_warps_and_match_grid_sample(ndim):
-    """The backward pass hands out the thread's scratch buffer as the DVF gradient and takes aten's grid
-    gradient as the next buffer: gradients already returned must never change afterwards."""
+@pytest.mark.parametrize("shape", [(12, 10), (6, 7, 5), (120, 100), (24, 23, 20)], ids=["2d-small", "3d-small", "2d", "3d"])
+def test_warp_gradients_survive_later_warps_and_match_grid_sample(shape):
+    """Both gradient paths (plain torch operations below SMALL_WARP_VOXELS, the custom autograd node above,
+    which keeps the grid in 2D and uses the thread's scratch buffer in 3D): the gradients match a bare
+    grid_sample, and gradients already returned never change afterwards (in 3D the backward pass hands out
+    the scratch buffer as the DVF gradient and takes aten's grid gradient as the next buffer)."""
     import torch.nn.functional as F
     from regedu.warping import dvf_to_grid
 
-    shape = (12, 10) if ndim == 2 else (6, 7, 5)
+    ndim = len(shape)
     g = torch.Generator().manual_seed(4)
     img = torch.rand(1, 2, *shape, generator=g)
     u1, u2 = (2 * torch.rand(1, ndim, *shape, generator=g) - 1 for _ in range(2))
@@ -174,3 +176,18 @@ def test_warp_gradients_survive_later_warps_and_match_grid_sample(ndim):
             regedu.warp(img, u1)
     assert all(torch.equal(gr, k) for gr, k in zip(grads, kept))
     assert torch.allclose(leaf_a.grad, reference(u1), atol=1e-5) and torch.allclose(leaf_b.grad, reference(u2), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(120, 100), (24, 23, 20)], ids=["2d", "3d"])
+def test_second_derivatives_of_the_warp_node_raise_a_clear_error(shape):
+    """The custom warp node gives first derivatives only: a gradient taken with create_graph=True is correct,
+    and differentiating it again raises (never a silently wrong second derivative)."""
+    g = torch.Generator().manual_seed(5)
+    img = torch.rand(1, 1, *shape, generator=g)
+    u = (2 * torch.rand(1, len(shape), *shape, generator=g) - 1).requires_grad_(True)
+    (first,) = torch.autograd.grad(regedu.warp(img, u).pow(2).sum(), u, create_graph=True)
+    u_plain = u.detach().clone().requires_grad_(True)
+    regedu.warp(img, u_plain).pow(2).sum().backward()
+    assert torch.allclose(first.detach(), u_plain.grad)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        first.sum().backward()
