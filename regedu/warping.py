@@ -266,35 +266,37 @@ class _LinearWarp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         if torch.is_grad_enabled():  # create_graph=True
-            return _LinearWarp._gradients_once(ctx, grad_out)
-        return _LinearWarp._gradients(ctx, grad_out)
+            return _linear_warp_gradients_once(ctx, grad_out)
+        return _linear_warp_gradients(ctx, grad_out)
 
-    @staticmethod
-    def _gradients(ctx, grad_out: torch.Tensor):
-        image, saved = ctx.saved_tensors
-        need_image, need_dvf = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-        grid = saved if ctx.kept_grid else _grid(saved, scratch=True)[0]
-        op = torch.ops.aten.grid_sampler_2d_backward if image.dim() == 4 else torch.ops.aten.grid_sampler_3d_backward
-        grad_image, grad_grid = op(grad_out, image, grid, 0, _PADDING_CODE[ctx.padding_mode], True, [need_image, need_dvf])
-        del grid
-        grad_dvf = None
-        if need_dvf:
-            ndim = image.dim() - 2
-            if ctx.kept_grid:
-                grad_dvf = torch.empty(grad_grid.shape[0], ndim, *grad_grid.shape[1:-1], dtype=grad_grid.dtype, device=grad_grid.device)
-                planes: Sequence[torch.Tensor] = grad_dvf.unbind(1)
-            else:
-                # the scratch buffer is free again (the grid is no longer needed): the gradient goes there, and
-                # aten's freshly allocated grad_grid (same size, ours alone) becomes the thread's next scratch
-                # buffer, so no grid-sized tensor is allocated here (a large fresh one costs page faults)
-                grad_dvf, planes, _ = _scratch_buffer(saved)
-            for k, scale in enumerate(ctx.scales):
-                torch.mul(grad_grid[..., ndim - 1 - k], scale, out=planes[k])
-            if not ctx.kept_grid:
-                _adopt_scratch(grad_grid)
-        return (grad_image if need_image else None), grad_dvf, None
 
-    _gradients_once = staticmethod(torch.autograd.function.once_differentiable(_gradients.__func__))
+def _linear_warp_gradients(ctx, grad_out: torch.Tensor):
+    """The gradients of :class:`_LinearWarp` (its backward pass, without autograd bookkeeping)."""
+    image, saved = ctx.saved_tensors
+    need_image, need_dvf = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+    grid = saved if ctx.kept_grid else _grid(saved, scratch=True)[0]
+    op = torch.ops.aten.grid_sampler_2d_backward if image.dim() == 4 else torch.ops.aten.grid_sampler_3d_backward
+    grad_image, grad_grid = op(grad_out, image, grid, 0, _PADDING_CODE[ctx.padding_mode], True, [need_image, need_dvf])
+    del grid
+    grad_dvf = None
+    if need_dvf:
+        ndim = image.dim() - 2
+        if ctx.kept_grid:
+            grad_dvf = torch.empty(grad_grid.shape[0], ndim, *grad_grid.shape[1:-1], dtype=grad_grid.dtype, device=grad_grid.device)
+            planes: Sequence[torch.Tensor] = grad_dvf.unbind(1)
+        else:
+            # the scratch buffer is free again (the grid is no longer needed): the gradient goes there, and
+            # aten's freshly allocated grad_grid (same size, ours alone) becomes the thread's next scratch
+            # buffer, so no grid-sized tensor is allocated here (a large fresh one costs page faults)
+            grad_dvf, planes, _ = _scratch_buffer(saved)
+        for k, scale in enumerate(ctx.scales):
+            torch.mul(grad_grid[..., ndim - 1 - k], scale, out=planes[k])
+        if not ctx.kept_grid:
+            _adopt_scratch(grad_grid)
+    return (grad_image if need_image else None), grad_dvf, None
+
+
+_linear_warp_gradients_once = torch.autograd.function.once_differentiable(_linear_warp_gradients)
 
 
 def dvf_to_grid(dvf: torch.Tensor) -> torch.Tensor:
