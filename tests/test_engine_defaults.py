@@ -59,3 +59,27 @@ def test_the_default_call_beats_simple_baselines(pairs, transform):
     assert mean(ours) > mean(before) + 0.05, (ours, before)
     assert mean(ours) > mean(affine) + 0.03, (ours, affine)
     assert mean(ours) > mean(mse) + 0.01, (ours, mse)
+
+
+def test_a_full_resolution_only_similarity_gets_one_pyramid_level_by_default():
+    """Learned similarities are trained on full-resolution images, so register runs them on one level unless
+    ``levels`` is given; an ordinary callable keeps the default pyramid."""
+    from regedu.learning.features import PatchAutoencoder, feature_similarity
+    from regedu.learning.similarity_net import SimilarityNet
+
+    g = torch.Generator().manual_seed(0)
+    fixed = regedu.filters.gaussian_blur(torch.rand(1, 1, 48, 40, generator=g), 2.0)
+    moving = torch.roll(fixed, 1, 2)
+
+    def mse(f, m, mask=None):
+        return (f - m).pow(2).mean()
+
+    def levels_used(similarity, **kw):
+        r = regedu.register(fixed, moving, transform="rigid", similarity=similarity, progress=False, **kw)
+        return sorted(set(r.history["level"]))
+
+    assert levels_used(mse) == [0, 1]
+    for learned in (SimilarityNet(2, features=(4,)).as_loss(), feature_similarity(PatchAutoencoder(2, patch=5, features=4, hidden=8))):
+        assert getattr(learned, "full_resolution_only") is True
+        assert levels_used(learned) == [0]
+        assert levels_used(learned, levels=2) == [0, 1]  # an explicit pyramid is kept

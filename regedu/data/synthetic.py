@@ -55,9 +55,10 @@ from torch.utils.data import Dataset
 from .._checks import check_choice
 from ..fields import bspline_grid_shape, bspline_weights, compose, integrate_velocity, scale_to_max
 from ..filters import gaussian_blur
+from ..filters import separable_apply as _separable_apply
 from ..resampling import resize_dvf
-from ..warping import identity_grid, warp
 from ..transforms import affine_matrix
+from ..warping import identity_grid, warp
 from .volume import Volume
 
 MODELS = ("svf", "bspline")
@@ -100,14 +101,6 @@ def _amplitudes(fn: str, amplitude: float | Sequence[float] | torch.Tensor, batc
         raise ValueError(f"{fn}: the amplitude must be one non-negative number or one per field ({batch}), "
                          f"got {amplitude!r}")
     return a
-
-
-def _separable_apply(coef: torch.Tensor, matrices: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Apply one matrix ``(n_out, n_in)`` per spatial axis to ``(B, C, *grid)`` (a separable linear map)."""
-    out = coef
-    for axis, W in enumerate(matrices):
-        out = torch.movedim(torch.movedim(out, 2 + axis, -1) @ W.T.to(out), -1, 2 + axis)
-    return out
 
 
 def _bspline_field(coef: torch.Tensor, shape: Sequence[int], spacing: Sequence[float]) -> torch.Tensor:

@@ -163,4 +163,5 @@ def feature_similarity(ae: PatchAutoencoder) -> Callable[..., torch.Tensor]:
         m = m.expand(d.shape[0], *m.shape[1:])
         return (d * m).sum() / m.sum() * ae.intensity_var
 
+    learned_feature_loss.full_resolution_only = True  # type: ignore[attr-defined]  # trained on full-resolution patches
     return learned_feature_loss

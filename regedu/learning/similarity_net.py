@@ -91,7 +91,8 @@ class SimilarityNet(nn.Module):
     def as_loss(self) -> Callable[..., torch.Tensor]:
         """A loss ``loss(fixed, moved, mask=None) -> scalar`` (mean predicted error, to minimise) for
         :func:`regedu.register` or the training objectives. Freezes the network (eval mode, no
-        parameter gradients); the loss stays differentiable with respect to ``moved``."""
+        parameter gradients); the loss stays differentiable with respect to ``moved``. Marked
+        ``full_resolution_only``: ``register`` uses it on a single pyramid level unless told otherwise."""
         self.eval()
         self.requires_grad_(False)
         self.zero_grad(set_to_none=True)
@@ -107,6 +108,9 @@ class SimilarityNet(nn.Module):
                 mask = mask.expand(b, *mask.shape[1:])
             return self.error(fixed_b.to(p.dtype), moved_b.to(p.dtype), mask).mean()
 
+        # the network was trained on full-resolution images: register runs it on one pyramid level by default
+        # (on coarser levels it scores images of a scale it never saw, which can send a registration far off)
+        learned_similarity_loss.full_resolution_only = True  # type: ignore[attr-defined]
         return learned_similarity_loss
 
 
