@@ -52,9 +52,11 @@ def _blur_matrix(n: int, sigma: float, truncate: float, dtype: torch.dtype, devi
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float | Sequence[float], truncate: float = 3.0) -> torch.Tensor:
-    """Gaussian smoothing with standard deviation ``sigma`` voxels (one value or one per axis).
+    """Gaussian smoothing with standard deviation ``sigma`` voxels (one value or one per axis; 0 leaves
+    an axis alone), kernel radius ``ceil(truncate * sigma)``.
 
-    Borders are extended by replication, so a constant image stays constant.
+    Borders are extended by replication (SciPy's ``mode="nearest"``), so a constant image stays constant.
+    Half precision is computed in float32 and returned in half precision; integer images give float32.
     """
     x = check_image("gaussian_blur", "x", x)
     ndim = x.dim() - 2
