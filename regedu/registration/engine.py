@@ -71,8 +71,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "bspline": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 15, 8), 1.0), regulariser="bending", coarsest=32,
                     model=dict(spacing=4.0, diffeomorphic=True, steps=4)),
     "dense": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 10), 1.0), regulariser="diffusion", coarsest=32),
-    "svf": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 10), 1.0), regulariser="diffusion", coarsest=32,
-                model=dict(steps=5)),
+    "svf": dict(optimiser="lbfgs", adam=((100, 80, 50), 0.2), lbfgs=((20, 20, 10), 1.0), regulariser="diffusion", coarsest=32),
 }
 # "model": keyword arguments register gives the model unless the caller gives them. The recommended
 # B-spline is a diffeomorphic one (the B-spline field read as a velocity, 4 squarings) with control points
@@ -83,8 +82,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # 2D 0.9275 vs 0.9289, 3D 0.9134 vs 0.9167 (SyN 0.911 and 0.899), real T1 0.719 vs 0.722 (SyN 0.726), at ~30 % less time.
 # Measured and rejected: spacing 3 with bending 0.2 wins on the real T1 slices (0.741 vs SyN 0.726) but
 # loses on the 3D pairs (0.895 vs SyN 0.899) and gains little in 2D (0.915 vs 0.911).
-# The SVF model integrates with 5 squarings (SVFModel's own default is 7): the same Dice on the benchmark's pairs
-# (2D 0.9155 vs 0.9158, 3D 0.9064 vs 0.9066, no folding) at ~20 % less time in 3D.
+# The SVF model keeps 7 squarings, integrate_velocity's default, so integrate_velocity(result.velocity) is result.dvf;
+# 5 gave the same Dice (3D 0.9064 vs 0.9062) at ~15 % less time, and 7 already runs within 2x of the B-spline model.
 # regulariser weights per similarity (the similarities have different scales: the MSE of [0, 1] images
 # is small, LNCC/NCC/MI losses are of order 1; SSD grows with the number of voxels, its weights suit
 # images of about 10^4 voxels: prefer "mse")
@@ -613,8 +612,7 @@ def register(
             (one vector per grid point; keywords ``sigma`` = Gaussian smoothing of the parameter field,
             default 1, and ``grid_factor`` = parameter grid this many times coarser than the image,
             default 2 in 3D and 1 in 2D), ``"svf"`` (diffeomorphic: stationary velocity integrated by
-            scaling and squaring; keywords ``sigma``, ``grid_factor``, ``steps``, register's default 5
-            squarings), or a
+            scaling and squaring; keywords ``sigma``, ``grid_factor``, ``steps`` = 7), or a
             :class:`~regedu.registration.models.TransformationModel` instance (used as it is).
         similarity: ``"mse"``, ``"ssd"``, ``"ncc"``, ``"lncc"``, ``"mi"`` (mutual information, for
             multi-modal pairs; with a matrix model a 3D level above ``MI_SAMPLE_ABOVE`` = 2^14 voxels builds
