@@ -329,11 +329,20 @@ def _joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, bins: int, mask:
     else:
         f = _to_unit(fixed, value_range, index).expand(B, -1)
         m = _to_unit(moving, value_range, index).expand(B, -1)
+    weight = None
+    if mask is not None:
+        weight = (mask.flatten(1) if index is None else mask.flatten(1).index_select(1, index)).expand(B, -1)
+    return _histogram_of_unit_samples(f, m, bins, weight)
+
+
+def _histogram_of_unit_samples(f: torch.Tensor, m: torch.Tensor, bins: int, weight: torch.Tensor | None) -> torch.Tensor:
+    """The normalised joint histogram ``(B, bins, bins)`` of intensities already mapped to [0, 1], ``f`` and
+    ``m`` ``(B, N)``, each sample weighted by ``weight`` ``(B, N)`` (``None``: 1)."""
+    B = f.shape[0]
     idx_f, w_f = _bspline_parzen(f, bins)
     idx_m, w_m = _bspline_parzen(m, bins)
-    if mask is not None:
-        weight = mask.flatten(1) if index is None else mask.flatten(1).index_select(1, index)
-        w_f = w_f * weight.expand(B, -1).unsqueeze(1)
+    if weight is not None:
+        w_f = w_f * weight.unsqueeze(1)
     # one scatter per fixed-window entry (4 x 4N values) instead of one over all 16N: the same sums with
     # smaller temporaries (a fresh 16N int64 index costs page faults; measured 13 -> 7 ms at 80k voxels)
     rows = idx_f * bins
@@ -342,6 +351,19 @@ def _joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, bins: int, mask:
         joint = joint.scatter_add(1, (rows[:, a:a + 1] + idx_m).flatten(1), (w_f[:, a:a + 1] * w_m).flatten(1))
     joint = joint / joint.sum(1, keepdim=True).clamp_min(1e-12)
     return joint.reshape(B, bins, bins)
+
+
+def _mi_of_histogram(p: torch.Tensor, normalised: bool = False) -> torch.Tensor:
+    """MI (or Studholme's normalised MI) per batch element of normalised joint histograms ``(B, bins, bins)``."""
+    pf = p.sum(2, keepdim=True)
+    pm = p.sum(1, keepdim=True)
+    eps = 1e-12
+    if normalised:
+        hf = -(pf * torch.log(pf + eps)).flatten(1).sum(1)
+        hm = -(pm * torch.log(pm + eps)).flatten(1).sum(1)
+        hfm = -(p * torch.log(p + eps)).flatten(1).sum(1)
+        return (hf + hm) / hfm.clamp_min(eps)
+    return (p * (torch.log(p + eps) - torch.log(pf * pm + eps))).flatten(1).sum(1).clamp_min(0)
 
 
 def mutual_information(
@@ -378,16 +400,7 @@ def mutual_information(
     fixed, moving, mask, out = _histogram_inputs("mutual_information", fixed, moving, mask, bins, value_range)
     index = _sample_index("mutual_information", samples, seed, fixed.shape[2:], fixed.device)
     p = _joint_histogram(fixed, moving, bins, mask, value_range, index)
-    pf = p.sum(2, keepdim=True)
-    pm = p.sum(1, keepdim=True)
-    eps = 1e-12
-    if normalised:
-        hf = -(pf * torch.log(pf + eps)).flatten(1).sum(1)
-        hm = -(pm * torch.log(pm + eps)).flatten(1).sum(1)
-        hfm = -(p * torch.log(p + eps)).flatten(1).sum(1)
-        value = (hf + hm) / hfm.clamp_min(eps)
-    else:
-        value = (p * (torch.log(p + eps) - torch.log(pf * pm + eps))).flatten(1).sum(1).clamp_min(0)
+    value = _mi_of_histogram(p, normalised)
     return _reduce("mutual_information", value, reduction, out)
 
 
