@@ -231,13 +231,7 @@ def compare_ants(pairs: list[tuple[str, dict]], rows: list[dict], repeats: int) 
             continue
         it = batched(item)
         kind = "SyN" if "MI" in name else "SyNCC"
-        best = None
-        for _ in range(repeats):
-            out = run_ants(it["fixed"], it["moving"], kind)
-            if best is None or out[1] < best[1]:
-                best = out
-        assert best is not None
-        dvf, t_a, err = best
+        dvf, t_a, err = timed(lambda: run_ants(it["fixed"], it["moving"], kind), repeats)
         d_a, fold_a = score(it, dvf)
         r = by_name[name]
         groups.setdefault(r["ndim"], []).append((d_a, r["d_o"], t_a, r["t_o"]))

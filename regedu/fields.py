@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from ._checks import check_dvf, check_number, check_tensor
-from .filters import gaussian_blur, spatial_gradient
+from .filters import gaussian_blur, separable_apply, spatial_gradient
 from .warping import _warp_checked_inputs, warp
 
 
@@ -160,11 +160,8 @@ def bspline_to_dvf(coefficients: torch.Tensor, shape: Sequence[int], spacing: fl
             f"bspline_to_dvf: coefficients must have shape (B, {ndim}, {', '.join(map(str, grid))}) for image shape "
             f"{shape} and spacing {tuple(sp)}, got {tuple(coefficients.shape)}"
         )
-    out = coefficients
-    for axis in range(ndim):
-        W = _bspline_weights(shape[axis], sp[axis], grid[axis], coefficients.dtype, coefficients.device)
-        out = torch.movedim(torch.movedim(out, 2 + axis, -1) @ W.T, -1, 2 + axis)
-    return out
+    return separable_apply(coefficients, [_bspline_weights(shape[k], sp[k], grid[k], coefficients.dtype, coefficients.device)
+                                          for k in range(ndim)])
 
 
 def random_bspline_dvf(

@@ -244,11 +244,21 @@ def _to_unit(x: torch.Tensor, value_range: tuple[float, float] | None, index: to
         if index is not None:
             x = x.flatten(1).index_select(1, index)
         return ((x - low) / (high - low)).clamp(0, 1)
-    flat = x.detach().flatten(1)
-    lo = flat.amin(1).reshape(-1, *([1] * (x.dim() - 1)))
-    hi = flat.amax(1).reshape(-1, *([1] * (x.dim() - 1)))
+    lo, hi = _data_range(x)
     if index is not None:
-        x, lo, hi = x.flatten(1).index_select(1, index), lo.flatten(1), hi.flatten(1)
+        return _scale_to_unit(x.flatten(1).index_select(1, index), lo, hi)
+    view = (-1, *([1] * (x.dim() - 1)))
+    return _scale_to_unit(x, lo.reshape(view), hi.reshape(view))
+
+
+def _data_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per batch element, the smallest and largest value of ``x``, ``(B, 1)`` each, without gradient."""
+    flat = x.detach().flatten(1)
+    return flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+
+
+def _scale_to_unit(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``x`` mapped from ``[lo, hi]`` (broadcast against it) to [0, 1], clamped."""
     return ((x - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
 
 

@@ -248,7 +248,7 @@ class _LinearWarp(torch.autograd.Function):
     the gradient from grid_sample's channel-last layout to the DVF's channel-first one (a strided copy:
     the largest part of the remaining cost against a bare ``grid_sample``, see ``benchmarks/warp.py``).
 
-    Only first derivatives. A plain backward pass runs :meth:`_gradients` directly; one asked for a graph
+    Only first derivatives. A plain backward pass runs :func:`_linear_warp_gradients` directly; one asked for a graph
     (``create_graph=True``) runs it through ``once_differentiable``, so differentiating the gradients raises
     a clear error instead of giving wrong second derivatives (the wrapper costs ~5 % of a 2D warp's
     forward+backward, so the common case skips it).
